@@ -1,0 +1,24 @@
+"""genindex: image retrieval as generation (IRGen) behind a Faiss-shaped index.
+
+>>> from genindex import GenerativeIndex
+>>> index = GenerativeIndex.fit(xb, labels)
+>>> D, I = index.search(xq, k=10)
+"""
+
+from .config import DecoderConfig, IndexConfig, TokenizerConfig
+from .index import GenerativeIndex, SearchResult
+from .persist import IndexFormatError
+from .train import TrainHistory
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DecoderConfig",
+    "GenerativeIndex",
+    "IndexConfig",
+    "IndexFormatError",
+    "SearchResult",
+    "TokenizerConfig",
+    "TrainHistory",
+    "__version__",
+]

@@ -1,0 +1,237 @@
+"""The autoregressive decoder: a Transformer that writes an image identifier.
+
+A standard decoder block (causal self-attention, cross-attention to the
+encoder's memory tokens, MLP) stacked ``n_layer`` times (paper section 3.2).
+The output at position ``t`` predicts code ``t`` of the identifier, so the
+identifier ``(l_1, ..., l_M)`` is scored as prod_t p(l_t | x, l_<t) (eq. 5).
+
+Training calls :meth:`Decoder.forward` on whole identifiers (teacher forcing).
+Beam search calls :meth:`Decoder.start` once per batch of queries and then
+:meth:`Decoder.step` once per code: a key/value cache keeps every earlier
+position, and beams attend to their query's memory without copying it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import DecoderConfig
+
+KV = tuple[torch.Tensor, torch.Tensor]
+
+
+class VectorMemory(nn.Module):
+    """Turns a query vector (B, d) into ``n_memory`` memory tokens (B, n_memory, E)."""
+
+    def __init__(self, input_dim: int, n_memory: int, n_embd: int,
+                 input_dropout: float = 0.0) -> None:
+        super().__init__()
+        self.n_memory, self.n_embd = n_memory, n_embd
+        self.drop_in = nn.Dropout(input_dropout)
+        self.ln_in = nn.LayerNorm(input_dim)
+        self.proj = nn.Linear(input_dim, n_memory * n_embd)
+        self.ln_out = nn.LayerNorm(n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.proj(self.ln_in(self.drop_in(x))).view(len(x), self.n_memory, self.n_embd)
+        return self.ln_out(tokens)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        self.n_head, self.dropout = config.n_head, config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+
+    def forward(self, x: torch.Tensor, past: KV | None = None) -> tuple[torch.Tensor, KV]:
+        """Causal attention over ``x`` (B, T, E), after the cached ``past`` if given."""
+        q, k, v = (_heads(t, self.n_head) for t in self.c_attn(x).chunk(3, dim=2))
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        # with a cache, the new positions come last and may see everything
+        causal = past is None and x.shape[1] > 1
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.c_proj(_merge(y)), (k, v)
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        self.n_head, self.dropout = config.n_head, config.dropout
+        self.q = nn.Linear(config.n_embd, config.n_embd)
+        self.kv = nn.Linear(config.n_embd, 2 * config.n_embd)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+
+    def memory_kv(self, memory: torch.Tensor) -> KV:
+        k, v = self.kv(memory).chunk(2, dim=2)
+        return _heads(k, self.n_head), _heads(v, self.n_head)
+
+    def forward(self, x: torch.Tensor, memory_kv: KV) -> torch.Tensor:
+        """Every position of ``x`` (B, T, E) attends to all of its row's memory."""
+        y = F.scaled_dot_product_attention(_heads(self.q(x), self.n_head), *memory_kv,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.c_proj(_merge(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = SelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.cross = CrossAttention(config)
+        self.ln_3 = nn.LayerNorm(config.n_embd)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, memory_kv: KV,
+                past: KV | None = None) -> tuple[torch.Tensor, KV]:
+        """``x`` is (B, T, E); with ``past``, (Q, beams, E): one new position per beam."""
+        h = self.ln_1(x)
+        if past is None:
+            a, present = self.attn(h)
+        else:
+            rows, beams, width = h.shape
+            a, present = self.attn(h.reshape(rows * beams, 1, width), past)
+            a = a.reshape(rows, beams, width)
+        x = x + a
+        x = x + self.cross(self.ln_2(x), memory_kv)
+        x = x + self.mlp(self.ln_3(x))
+        return x, present
+
+
+@dataclass
+class DecodeState:
+    """What :meth:`Decoder.step` keeps between steps for a (queries, beams) grid."""
+
+    memory_kv: list[KV]  # per layer, (Q, heads, S, head_dim): shared by a query's beams
+    past: list[KV]  # per layer, (Q * beams, heads, t, head_dim)
+    beams: int = 1
+    t: int = 0
+
+    def reorder(self, source: torch.Tensor) -> None:
+        """Keep beam ``source[q, j]`` of each query as its new beam ``j``."""
+        queries, beams = source.shape
+        flat = (source + self.beams * torch.arange(queries, device=source.device)[:, None])
+        flat = flat.reshape(-1)
+        self.past = [(k[flat], v[flat]) for k, v in self.past]
+        self.beams = beams
+
+
+class Decoder(nn.Module):
+    """Transformer decoder over M-code identifiers with a codebook of size L."""
+
+    def __init__(self, config: DecoderConfig, vocab_size: int, num_levels: int,
+                 input_dim: int) -> None:
+        super().__init__()
+        self.config, self.vocab_size, self.num_levels = config, vocab_size, num_levels
+        E = config.n_embd
+        self.memory = VectorMemory(input_dim, config.n_memory, E, config.input_dropout)
+        # token 0 is the start token; code l at level m is token 1 + m * L + l
+        self.wte = nn.Embedding(1 + num_levels * vocab_size, E)
+        self.wpe = nn.Embedding(num_levels, E)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(E)
+        # one output layer per level: code l at level 1 and at level 2 are unrelated
+        self.head = nn.Parameter(torch.empty(num_levels, vocab_size, E))
+        self.apply(self._init_weights)
+        nn.init.normal_(self.head, std=0.02)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(3 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor, prefix: torch.Tensor,
+                targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, t + 1, L) for the codes that follow each prefix of ``prefix`` (B, t).
+
+        With ``targets`` (B, t + 1), also the mean cross-entropy; training passes
+        ``prefix = targets[:, :-1]``.
+        """
+        memory = self.memory(x)
+        memory_kv = [block.cross.memory_kv(memory) for block in self.blocks]
+        h = self._embed(prefix)
+        for block, kv in zip(self.blocks, memory_kv):
+            h, _ = block(h, kv)
+        logits = self._logits(self.ln_f(h), first_level=0)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(-1, self.vocab_size), targets.reshape(-1))
+        return logits, loss
+
+    def start(self, x: torch.Tensor) -> DecodeState:
+        """A fresh decoding state for the queries ``x``: one beam each, empty prefix."""
+        memory = self.memory(x)
+        memory_kv = [block.cross.memory_kv(memory) for block in self.blocks]
+        head_dim = self.config.n_embd // self.config.n_head
+        empty = memory.new_zeros(len(x), self.config.n_head, 0, head_dim)
+        return DecodeState(memory_kv, [(empty, empty)] * len(self.blocks))
+
+    def step(self, state: DecodeState, codes: torch.Tensor | None) -> torch.Tensor:
+        """Feed each beam's latest code (Q, beams); logits of the next code (Q, beams, L).
+
+        At ``state.t == 0`` pass ``codes=None``: the start token is fed.
+        """
+        queries = len(state.memory_kv[0][0])
+        if state.t == 0:
+            tokens = torch.zeros(queries, state.beams, dtype=torch.long,
+                                 device=state.memory_kv[0][0].device)
+        else:
+            tokens = 1 + (state.t - 1) * self.vocab_size + codes
+        h = self.drop(self.wte(tokens) + self.wpe.weight[state.t])
+        present = []
+        for block, kv, past in zip(self.blocks, state.memory_kv, state.past):
+            h, cache = block(h, kv, past)
+            present.append(cache)
+        state.past, level = present, state.t
+        state.t += 1
+        return self._logits(self.ln_f(h)[:, :, None], first_level=level)[:, :, 0]
+
+    def _embed(self, prefix: torch.Tensor) -> torch.Tensor:
+        """Start token followed by the level-specific embedding of each code."""
+        levels = torch.arange(prefix.shape[1], device=prefix.device)
+        start = torch.zeros(len(prefix), 1, dtype=torch.long, device=prefix.device)
+        tokens = torch.cat([start, 1 + levels * self.vocab_size + prefix], dim=1)
+        positions = torch.arange(tokens.shape[1], device=prefix.device)
+        return self.drop(self.wte(tokens) + self.wpe(positions))
+
+    def _logits(self, h: torch.Tensor, first_level: int) -> torch.Tensor:
+        """Apply the output layer of level ``first_level + i`` to position ``i`` of h."""
+        weight = self.head[first_level:first_level + h.shape[-2]]
+        return torch.einsum("...te,tle->...tl", h, weight)
+
+
+def _heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
+    """(B, T, E) -> (B, heads, T, E / heads)."""
+    B, T, E = x.shape
+    return x.view(B, T, n_head, E // n_head).transpose(1, 2)
+
+
+def _merge(y: torch.Tensor) -> torch.Tensor:
+    """(B, heads, T, head_dim) -> (B, T, E)."""
+    B, H, T, D = y.shape
+    return y.transpose(1, 2).reshape(B, T, H * D)

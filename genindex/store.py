@@ -1,0 +1,57 @@
+"""The stored vectors of an index, looked up by item id.
+
+Like :class:`~genindex.trie.Trie` it is an immutable value: updates return a
+new store, so a running search keeps a consistent view.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+
+
+class VectorStore:
+    """Vectors (n, d) float32 keyed by distinct int64 ids, kept sorted by id."""
+
+    def __init__(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        order = np.argsort(ids, kind="stable")
+        self.ids = np.ascontiguousarray(ids[order], dtype=np.int64)
+        self.vectors = np.ascontiguousarray(vectors[order], dtype=np.float32)
+        self._tensors: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def empty(cls, d: int) -> VectorStore:
+        return cls(np.zeros(0, np.int64), np.zeros((0, d), np.float32))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def insert(self, ids: np.ndarray, vectors: np.ndarray) -> VectorStore:
+        return VectorStore(np.concatenate([self.ids, ids]),
+                           np.concatenate([self.vectors, vectors]))
+
+    def remove(self, ids: np.ndarray) -> VectorStore:
+        keep = ~np.isin(self.ids, ids)
+        return self if keep.all() else VectorStore(self.ids[keep], self.vectors[keep])
+
+    def get(self, ids: np.ndarray) -> np.ndarray:
+        """The vectors of ``ids`` (all present), in the order given."""
+        return self.vectors[np.searchsorted(self.ids, ids)]
+
+    def distance(self, device: torch.device, queries: torch.Tensor):
+        """A function ``(query_index, ids) -> squared L2 distance`` for beam search."""
+        with self._lock:
+            if device not in self._tensors:
+                self._tensors[device] = (torch.as_tensor(self.ids, device=device),
+                                         torch.as_tensor(self.vectors, device=device))
+            ids_sorted, vectors = self._tensors[device]
+
+        def distance(query_index: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+            rows = torch.searchsorted(ids_sorted, ids)
+            diff = vectors[rows] - queries[query_index].float()
+            return (diff * diff).sum(dim=1)
+
+        return distance

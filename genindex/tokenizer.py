@@ -1,0 +1,159 @@
+"""The semantic image tokenizer: a feature becomes a short sequence of codes.
+
+A head maps the backbone's global feature to ``f_cls``; residual quantization
+with M codebooks of L entries turns ``f_cls`` into M codes (paper eq. 1-2):
+``l_m = argmin_l ||r_{m-1} - c_{m,l}||``, ``r_m = r_{m-1} - c_{m,l_m}``. The
+partial reconstructions ``f^<=m = sum_{i<=m} c_{i,l_i}`` are trained to be
+classified like ``f_cls`` (eq. 3-4), so every prefix of an identifier carries
+meaning. :meth:`SemanticTokenizer.encode` and :meth:`SemanticTokenizer.decode`
+are inverse to each other up to the quantization error.
+
+Choices the paper leaves open, made here:
+
+* The head is a two-layer MLP and ``f_cls`` is L2-normalised; the classifier
+  is a cosine classifier with a CosFace margin. The margin keeps pulling the
+  features of a class together after they are separable, so the items of a
+  class share identifier prefixes, which is what makes precision@K high.
+* Codebooks are refit by k-means on the current features (see
+  :func:`genindex.train.train_tokenizer` for why not an EMA).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TokenizerConfig
+from .kmeans import assign, kmeans
+
+_CHUNK = 1 << 16  # rows encoded at a time
+
+
+class ResidualQuantizer(nn.Module):
+    """M codebooks of L entries in dimension D, applied one residual at a time."""
+
+    def __init__(self, num_codebooks: int, codebook_size: int, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("codebooks", torch.zeros(num_codebooks, codebook_size, dim))
+
+    @property
+    def num_codebooks(self) -> int:
+        return self.codebooks.shape[0]
+
+    @property
+    def codebook_size(self) -> int:
+        return self.codebooks.shape[1]
+
+    @torch.no_grad()
+    def fit(self, f: torch.Tensor, iters: int, generator: torch.Generator) -> None:
+        """Set codebook m by k-means on the residuals left by codebooks < m."""
+        residual = f.detach().float()
+        for m in range(self.num_codebooks):
+            self.codebooks[m] = kmeans(residual, self.codebook_size, iters, generator)
+            labels, _ = assign(residual, self.codebooks[m])
+            residual = residual - self.codebooks[m][labels]
+
+    @torch.no_grad()
+    def encode(self, f: torch.Tensor) -> torch.Tensor:
+        """Codes (n, M) int64: greedy nearest codeword of each residual (eq. 1-2)."""
+        codes = torch.empty(len(f), self.num_codebooks, dtype=torch.long, device=f.device)
+        for start in range(0, len(f), _CHUNK):
+            residual = f[start:start + _CHUNK].detach().float()
+            for m in range(self.num_codebooks):
+                labels, _ = assign(residual, self.codebooks[m])
+                codes[start:start + len(labels), m] = labels
+                residual = residual - self.codebooks[m][labels]
+        return codes
+
+    def partial(self, codes: torch.Tensor) -> torch.Tensor:
+        """Partial reconstructions f^<=m for m = 1..M, shape (n, M, D)."""
+        levels = torch.arange(self.num_codebooks, device=codes.device)
+        return self.codebooks[levels, codes].cumsum(dim=1)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """The reconstruction sum_m c_{m, l_m}, shape (n, D)."""
+        levels = torch.arange(self.num_codebooks, device=codes.device)
+        return self.codebooks[levels, codes].sum(dim=1)
+
+
+class CosineClassifier(nn.Module):
+    """Softmax over scaled cosine similarities to one learned proxy per class.
+
+    Training subtracts a margin from the true class's cosine (CosFace), which
+    keeps pulling a class's features together after they are separable.
+    """
+
+    def __init__(self, dim: int, num_classes: int, scale: float, margin: float) -> None:
+        super().__init__()
+        self.scale, self.margin = scale, margin
+        self.weight = nn.Parameter(torch.randn(num_classes, dim) * dim ** -0.5)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.normalize(f, dim=-1) @ F.normalize(self.weight, dim=-1).T
+
+    def loss(self, f: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = self(f)
+        logits = logits - self.scale * self.margin * F.one_hot(labels, logits.shape[-1])
+        return F.cross_entropy(logits, labels)
+
+
+class SemanticTokenizer(nn.Module):
+    """Head + residual quantizer (+ the classifier that trains them).
+
+    With ``num_classes=None`` there is nothing to classify: the head is the
+    identity and the tokenizer is plain residual quantization of the input.
+    """
+
+    def __init__(self, input_dim: int, config: TokenizerConfig, num_classes: int | None,
+                 codebook_size: int | None = None) -> None:
+        """``codebook_size`` overrides ``config.codebook_size`` (see train_tokenizer)."""
+        super().__init__()
+        self.input_dim, self.num_classes = input_dim, num_classes
+        dim = config.dim
+        if num_classes is None:
+            self.head: nn.Module = nn.Identity()
+            self.classifier: CosineClassifier | None = None
+            dim = input_dim
+        else:
+            self.head = nn.Sequential(nn.LayerNorm(input_dim), nn.Linear(input_dim, 4 * dim),
+                                      nn.GELU(), nn.Linear(4 * dim, dim))
+            self.classifier = CosineClassifier(dim, num_classes, config.scale, config.margin)
+        self.quantizer = ResidualQuantizer(config.num_codebooks,
+                                           codebook_size or config.codebook_size, dim)
+
+    @property
+    def supervised(self) -> bool:
+        return self.classifier is not None
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """f_cls for a batch of backbone features (n, input_dim)."""
+        f = self.head(x)
+        return f if self.classifier is None else F.normalize(f, dim=-1)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, M) int64 codes of the inputs ``x`` (n, input_dim)."""
+        return torch.cat([self.quantizer.encode(self.features(chunk))
+                          for chunk in x.split(_CHUNK)]) if len(x) else \
+            torch.zeros(0, self.quantizer.num_codebooks, dtype=torch.long, device=x.device)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """The reconstruction of f_cls from its codes, (n, D)."""
+        return self.quantizer.decode(codes)
+
+    def loss(self, x: torch.Tensor, labels: torch.Tensor,
+             lambda1: float, lambda2: float) -> torch.Tensor:
+        """Eq. 3-4: CE(f) + lambda1 * sum_m CE(f^<=m) + lambda2 * sum_m ||f - sg[f^<=m]||^2."""
+        if self.classifier is None:
+            raise RuntimeError("an unsupervised tokenizer has no loss: fit its quantizer only")
+        f = self.features(x)
+        partial = self.quantizer.partial(self.quantizer.encode(f)).detach()  # (n, M, D)
+        # straight-through: the value of f^<=m, the gradient of f (paper 3.1)
+        straight = f[:, None] + (partial - f[:, None]).detach()
+        loss = self.classifier.loss(f, labels)
+        levels = partial.shape[1]
+        partial_ce = self.classifier.loss(straight.reshape(-1, straight.shape[-1]),
+                                          labels.repeat_interleave(levels))
+        commitment = (f[:, None] - partial).square().sum(dim=2).mean(dim=0).sum()
+        return loss + lambda1 * levels * partial_ce + lambda2 * commitment

@@ -1,0 +1,191 @@
+"""Training: the tokenizer first (eq. 3-4), then the decoder on pairs (eq. 5).
+
+Both use AdamW with betas (0.9, 0.96) and weight decay 0.05 and a cosine
+learning-rate schedule after a linear warm-up (paper appendix A). Randomness
+comes from one seeded generator and a forked global RNG (for dropout), so the
+same data, config and seed give the same weights on CPU, and the caller's RNG
+state is left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import DecoderConfig, IndexConfig, TokenizerConfig
+from .decoder import Decoder
+from .tokenizer import SemanticTokenizer
+
+log = logging.getLogger(__name__)
+_CHUNK = 1 << 16  # rows per block when computing features or distances
+
+
+@dataclass
+class TrainHistory:
+    """Mean training loss of every epoch."""
+
+    tokenizer_loss: list[float] = field(default_factory=list)
+    decoder_loss: list[float] = field(default_factory=list)
+
+
+def train_tokenizer(x: torch.Tensor, labels: torch.Tensor | None, config: IndexConfig,
+                    generator: torch.Generator, progress: bool = True,
+                    ) -> tuple[SemanticTokenizer, list[float]]:
+    """Fit a tokenizer on features ``x`` (n, d) and integer ``labels`` (n,) or None.
+
+    L is shrunk to ``n`` when the training set has fewer than L items: k-means
+    cannot place more centroids than there are points.
+    """
+    tc: TokenizerConfig = config.tokenizer
+    size = min(tc.codebook_size, len(x))
+    if size < tc.codebook_size:
+        log.warning("only %d training items: codebook size L shrunk from %d to %d",
+                    len(x), tc.codebook_size, size)
+    num_classes = None if labels is None else int(labels.max()) + 1
+    tokenizer = SemanticTokenizer(x.shape[1], tc, num_classes, size).to(x.device)
+    if labels is None:  # plain residual quantization of the input
+        tokenizer.quantizer.fit(x, tc.kmeans_iters, generator)
+        return tokenizer, []
+    optimizer, schedule = _optimizer(tokenizer, tc.lr, config, len(x), tc.batch_size,
+                                     tc.epochs, tc.warmup_epochs)
+    history: list[float] = []
+    bar = _epochs(tc.epochs, "tokenizer", progress)
+    for epoch in bar:
+        # Alternating optimisation (paper 3.1): the codebooks are refit by
+        # k-means on the current features, then the head is trained against
+        # them. A full refit rather than an EMA update: the features of the
+        # whole training set are cheap to recompute, the refit is exact and
+        # deterministic, has no decay rate to tune and leaves no dead codes.
+        if epoch % tc.refit_every == 0:
+            tokenizer.quantizer.fit(_features(tokenizer, x), tc.kmeans_iters, generator)
+        tokenizer.train()
+        losses = [_step(tokenizer.loss(x[idx], labels[idx], tc.lambda1, tc.lambda2),
+                        optimizer, schedule)
+                  for idx in _batches(len(x), tc.batch_size, generator, x.device)]
+        history.append(sum(losses) / len(losses))
+        bar.set_postfix(loss=f"{history[-1]:.4f}")
+    tokenizer.quantizer.fit(_features(tokenizer, x), tc.kmeans_iters, generator)
+    tokenizer.eval()
+    return tokenizer, history
+
+
+def train_decoder(decoder: Decoder, x: torch.Tensor, codes: torch.Tensor,
+                  partners: PartnerSampler, config: IndexConfig,
+                  generator: torch.Generator, progress: bool = True) -> list[float]:
+    """Teach ``decoder`` to write ``codes[j]`` for input ``x[i]``, j a partner of i.
+
+    Each epoch ``partners`` draws one partner per item.
+    """
+    dc: DecoderConfig = config.decoder
+    optimizer, schedule = _optimizer(decoder, dc.lr, config, len(x), dc.batch_size,
+                                     dc.epochs, dc.warmup_epochs)
+    history: list[float] = []
+    bar = _epochs(dc.epochs, "decoder", progress)
+    for _ in bar:
+        decoder.train()
+        target = codes[partners.sample(generator)]
+        losses = []
+        for idx in _batches(len(x), dc.batch_size, generator, x.device):
+            _, loss = decoder(x[idx], target[idx, :-1], target[idx])
+            losses.append(_step(loss, optimizer, schedule))
+        history.append(sum(losses) / len(losses))
+        bar.set_postfix(loss=f"{history[-1]:.4f}")
+    decoder.eval()
+    return history
+
+
+class PartnerSampler:
+    """Draws, for every training item, the item whose identifier it should produce.
+
+    With labels: a random other item of the same class (the item itself only
+    when it is alone in its class), as in the paper. Without labels: one of the
+    item's ``neighbors`` nearest neighbours by L2 distance in feature space.
+    """
+
+    def __init__(self, x: torch.Tensor, labels: torch.Tensor | None, neighbors: int) -> None:
+        self.device = x.device
+        if labels is None:
+            self.knn = _nearest_neighbors(x, min(neighbors, max(len(x) - 1, 1)))
+            return
+        self.knn = None
+        order = torch.argsort(labels, stable=True)
+        counts = torch.bincount(labels)
+        starts = counts.cumsum(0) - counts
+        self.order = order
+        self.start = starts[labels]
+        self.count = counts[labels]
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(len(order), device=self.device)
+        self.position = rank - self.start  # place of each item inside its class
+
+    def sample(self, generator: torch.Generator) -> torch.Tensor:
+        if self.knn is not None:
+            pick = torch.randint(self.knn.shape[1], (len(self.knn),), generator=generator)
+            return self.knn[torch.arange(len(self.knn)), pick.to(self.device)]
+        others = (self.count - 1).clamp(min=1)
+        r = (torch.rand(len(self.count), generator=generator).to(self.device) * others).long()
+        r = r + ((r >= self.position) & (self.count > 1)).long()  # skip the item itself
+        return self.order[self.start + r]
+
+
+def _nearest_neighbors(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices (n, k) of each row's k nearest other rows (exact, blockwise)."""
+    norms = (x * x).sum(1)
+    out = []
+    for start in range(0, len(x), _CHUNK // 16):
+        block = x[start:start + _CHUNK // 16]
+        d = (block * block).sum(1, keepdim=True) - 2 * block @ x.T + norms
+        d[torch.arange(len(block)), torch.arange(start, start + len(block))] = float("inf")
+        out.append(d.topk(k, dim=1, largest=False).indices)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def _features(tokenizer: SemanticTokenizer, x: torch.Tensor) -> torch.Tensor:
+    tokenizer.eval()
+    return torch.cat([tokenizer.features(chunk) for chunk in x.split(_CHUNK)])
+
+
+def _optimizer(model: nn.Module, lr: float, config: IndexConfig, n: int, batch_size: int,
+               epochs: int, warmup_epochs: int):
+    """AdamW (decay on matrices only, as nanoGPT) with warm-up + cosine decay per step."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=config.betas)
+    steps_per_epoch = math.ceil(n / batch_size)
+    total, warmup = epochs * steps_per_epoch, warmup_epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(total - warmup, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _step(loss: torch.Tensor, optimizer, schedule) -> float:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    schedule.step()
+    return float(loss.detach())
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator,
+             device: torch.device) -> Iterator[torch.Tensor]:
+    order = torch.randperm(n, generator=generator).to(device)
+    yield from order.split(batch_size)
+
+
+def _epochs(epochs: int, name: str, progress: bool):
+    return tqdm(range(epochs), desc=f"train {name}", unit="epoch", disable=not progress,
+                leave=False)

@@ -1,0 +1,97 @@
+"""Constrained beam search against exhaustive scoring of every valid identifier."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from genindex.beam import Beams, beam_search, top_items
+from genindex.config import DecoderConfig
+from genindex.decoder import Decoder
+from genindex.trie import Trie
+
+CONFIG = DecoderConfig(n_layer=1, n_head=2, n_embd=16, n_memory=2, dropout=0.0)
+
+
+def exhaustive(decoder: Decoder, x: torch.Tensor, codes: np.ndarray) -> torch.Tensor:
+    """log p(id | x) for every distinct identifier, the softmax at each step taken
+    over the codes that some identifier with that prefix continues with."""
+    ids = np.unique(codes, axis=0)
+    levels = ids.shape[1]
+    logits, _ = decoder(x.repeat_interleave(len(ids), 0),
+                        torch.as_tensor(ids[:, :-1]).repeat(len(x), 1))
+    logits = logits.reshape(len(x), len(ids), levels, -1)
+    scores = torch.zeros(len(x), len(ids))
+    for t in range(levels):
+        for j, row in enumerate(ids):
+            allowed = sorted({r[t] for r in ids if tuple(r[:t]) == tuple(row[:t])})
+            logp = logits[:, j, t, allowed].log_softmax(dim=-1)
+            scores[:, j] += logp[:, allowed.index(row[t])]
+    return torch.as_tensor(ids), scores
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 3), st.integers(2, 5), st.integers(1, 25), st.integers(0, 10**6))
+def test_wide_beam_equals_exhaustive_scoring(levels, vocab, n, seed):
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, vocab, (n, levels))
+    trie = Trie(codes, np.arange(n), vocab)
+    torch.manual_seed(seed)
+    decoder = Decoder(CONFIG, vocab, levels, input_dim=4).eval()
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        ids, scores = exhaustive(decoder, x, codes)
+        beams = beam_search(decoder, x, trie, beam_size=trie.num_leaves)
+    best, order = scores.sort(dim=1, descending=True)
+    assert torch.allclose(beams.scores, best, atol=1e-4)
+    expected_leaves = torch.as_tensor(trie.lookup(ids.numpy()))[order]
+    assert torch.equal(beams.leaves, expected_leaves)
+    # probabilities over the valid identifiers sum to one
+    assert torch.allclose(scores.exp().sum(dim=1), torch.ones(3), atol=1e-4)
+
+
+@torch.no_grad()
+def test_narrow_beam_returns_valid_leaves_in_score_order():
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, 6, (200, 3))
+    trie = Trie(codes, np.arange(200), 6)
+    decoder = Decoder(CONFIG, 6, 3, input_dim=4).eval()
+    x = torch.randn(5, 4)
+    _, scores = exhaustive(decoder, x, codes)
+    beams = beam_search(decoder, x, trie, beam_size=4)
+    assert beams.leaves.shape == (5, 4) and (beams.leaves >= 0).all()
+    assert (beams.scores[:, :-1] >= beams.scores[:, 1:]).all()
+    assert len(set(beams.leaves[0].tolist())) == 4
+    # every beam's score is the exhaustive score of its identifier
+    ids = np.unique(codes, axis=0)
+    leaf_of = torch.as_tensor(trie.lookup(ids))
+    for q in range(5):
+        for leaf, score in zip(beams.leaves[q].tolist(), beams.scores[q].tolist()):
+            assert score == pytest.approx(float(scores[q, leaf_of == leaf][0]), abs=1e-4)
+
+
+@torch.no_grad()
+def test_fewer_leaves_than_beams_pads_with_minus_one():
+    trie = Trie(np.array([[0, 1], [2, 2]]), np.array([7, 9]), vocab_size=3)
+    decoder = Decoder(CONFIG, 3, 2, input_dim=4).eval()
+    beams = beam_search(decoder, torch.randn(2, 4), trie, beam_size=5)
+    assert (beams.leaves[:, :2] >= 0).all() and (beams.leaves[:, 2:] == -1).all()
+    assert torch.isinf(beams.scores[:, 2:]).all()
+
+
+def test_top_items_expands_leaves_in_order_and_ranks_by_distance():
+    # leaf (0, 0) holds ids 1, 2, 3; leaf (1, 1) holds id 4
+    trie = Trie(np.array([[0, 0], [0, 0], [0, 0], [1, 1]]), np.array([1, 2, 3, 4]), 2)
+    leaf_a, leaf_b = trie.lookup(np.array([[0, 0], [1, 1]])).tolist()
+    beams = Beams(torch.tensor([[-0.1, -2.0]]), torch.tensor([[leaf_a, leaf_b]]))
+    scores, ids = top_items(trie, beams, k=5)
+    assert ids.tolist() == [[1, 2, 3, 4, -1]]
+    assert scores[0, :4].tolist() == pytest.approx([-0.1, -0.1, -0.1, -2.0])
+    assert scores[0, 4] == float("-inf")
+    distance = {1: 5.0, 2: 1.0, 3: 3.0, 4: 0.0}
+    _, ids = top_items(trie, beams, k=2, distance=lambda q, i: torch.tensor(
+        [distance[v] for v in i.tolist()]))
+    assert ids.tolist() == [[2, 3]]  # the nearest of the best leaf, never the other leaf

@@ -1,0 +1,216 @@
+"""GenerativeIndex: the search contract, updates, persistence, training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from genindex import GenerativeIndex, IndexConfig, SearchResult
+
+from .helpers import TINY
+
+
+def copy_of(index: GenerativeIndex, tmp_path, name: str = "copy") -> GenerativeIndex:
+    index.save(tmp_path / name)
+    return GenerativeIndex.load(tmp_path / name)
+
+
+def check_contract(index: GenerativeIndex, result: SearchResult, n: int, k: int) -> None:
+    D, I = result
+    assert D.shape == I.shape == (n, k)
+    assert D.dtype == np.float32 and I.dtype == np.int64
+    present = set(index.ids.tolist())
+    expected_full = min(k, index.ntotal)
+    for scores, row in zip(D, I):
+        found = row[row >= 0]
+        assert (row[:len(found)] >= 0).all(), "padding only at the end of a row"
+        assert len(set(found.tolist())) == len(found), "an id twice in one row"
+        assert set(found.tolist()) <= present, "an id that is not in the index"
+        assert np.all(np.isneginf(scores[len(found):]))
+        assert np.all(np.isfinite(scores[:len(found)])) and np.all(scores[:len(found)] <= 0)
+        assert np.all(np.diff(scores[:len(found)]) <= 0), "scores must not increase"
+        assert len(found) == expected_full
+
+
+@pytest.mark.parametrize("k", [1, 5, 37])
+def test_search_contract(trained, data, k):
+    x, _ = data
+    check_contract(trained, trained.search(x[:13], k), 13, k)
+
+
+def test_k_larger_than_ntotal_pads_with_minus_one(tmp_path, data):
+    index = _fit(data)
+    index.remove_ids(np.arange(3, 200))
+    D, I = index.search(data[0][:4], 6)
+    assert (np.sort(I[:, :3], axis=1) == [0, 1, 2]).all()
+    assert (I[:, 3:] == -1).all() and np.isneginf(D[:, 3:]).all()
+    check_contract(index, (D, I), 4, 6)
+
+
+def _fit(data):
+    x, labels = data
+    return GenerativeIndex.fit(x, labels, TINY, progress=False)
+
+
+def test_result_is_a_named_tuple_that_unpacks(trained, data):
+    result = trained.search(data[0][:2], 3)
+    D, I = result
+    assert D is result.scores and I is result.ids
+
+
+def test_retrieves_the_query_class(trained, data):
+    x, labels = data
+    rng = np.random.default_rng(5)
+    queries, query_labels = x[::10] + 0.3 * rng.standard_normal((20, 16)), labels[::10]
+    _, I = trained.search(queries, 5)
+    precision = (labels[I] == query_labels[:, None]).mean()
+    assert precision > 0.8, precision
+
+
+def test_save_load_gives_identical_results(trained, data, tmp_path):
+    x, _ = data
+    loaded = copy_of(trained, tmp_path)
+    assert loaded.ntotal == trained.ntotal and loaded.d == trained.d
+    assert loaded.config == trained.config
+    for k in (1, 10):
+        a, b = trained.search(x, k), loaded.search(x, k)
+        np.testing.assert_array_equal(a.ids, b.ids)
+        np.testing.assert_array_equal(a.scores, b.scores)
+    np.testing.assert_array_equal(trained.encode(x), loaded.encode(x))
+    # saving over an existing index replaces it
+    loaded.remove_ids([0, 1])
+    loaded.save(tmp_path / "copy")
+    assert GenerativeIndex.load(tmp_path / "copy").ntotal == trained.ntotal - 2
+
+
+def test_add_puts_new_items_beside_their_originals(trained, data, tmp_path):
+    x, _ = data
+    index = copy_of(trained, tmp_path)
+    n = index.ntotal
+    index.add(x[:20] + 1e-4)  # near-copies: same identifiers, new ids n..n+19
+    assert index.ntotal == n + 20
+    np.testing.assert_array_equal(index.encode(x[:20] + 1e-4), index.encode(x[:20]))
+    _, I = index.search(x[:20], 40)
+    found_original = [i in row for i, row in enumerate(I)]
+    found_copy = [n + i in row for i, row in enumerate(I)]
+    assert found_original == found_copy
+    assert np.mean(found_copy) > 0.8
+    for i, row in enumerate(I):
+        if i in row:  # same leaf, nearest to the query: first the original, then the copy
+            position = list(row).index(i)
+            assert row[position + 1] == n + i
+
+
+def test_add_with_ids_and_remove_ids(trained, data, tmp_path):
+    x, _ = data
+    index = copy_of(trained, tmp_path)
+    index.add_with_ids(x[:3], np.array([1000, 2000, 3000]))
+    assert {1000, 2000, 3000} <= set(index.ids.tolist())
+    assert index.remove_ids(np.array([2000, 5, 5, 999999])) == 2
+    assert index.ntotal == trained.ntotal + 1
+    _, I = index.search(x, 20)
+    assert not np.isin(I, [2000, 5]).any()
+    index.add(x[:1])  # add continues after the largest id ever used
+    assert 3001 in index.ids
+
+
+def test_reset_keeps_the_model(trained, data, tmp_path):
+    x, _ = data
+    index = copy_of(trained, tmp_path)
+    index.reset()
+    assert index.ntotal == 0 and index.is_trained
+    D, I = index.search(x[:2], 4)
+    assert (I == -1).all() and np.isneginf(D).all()
+    index.add(x[:5])
+    assert sorted(index.ids.tolist()) == [0, 1, 2, 3, 4]
+
+
+def test_training_lowers_the_losses(trained):
+    history = trained.history
+    assert len(history.tokenizer_loss) == TINY.tokenizer.epochs
+    assert len(history.decoder_loss) == TINY.decoder.epochs
+    assert history.tokenizer_loss[-1] < history.tokenizer_loss[0]
+    assert history.decoder_loss[-1] < history.decoder_loss[0]
+
+
+def test_training_is_deterministic_and_keeps_the_global_rng(data, trained):
+    x, labels = data
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    again = GenerativeIndex.fit(x, labels, TINY, progress=False)
+    assert torch.rand(1) == before  # the caller's RNG stream is not consumed
+    for a, b in zip(trained.decoder.state_dict().values(), again.decoder.state_dict().values()):
+        assert torch.equal(a, b)
+    np.testing.assert_array_equal(trained.search(x, 5).ids, again.search(x, 5).ids)
+
+
+def test_without_labels_neighbours_stand_in_for_classes(data):
+    x, labels = data
+    index = GenerativeIndex.fit(x, None, TINY, progress=False)
+    assert not index.tokenizer.supervised
+    _, I = index.search(x[::10], 5)
+    check_contract(index, (_, I), 20, 5)
+    assert (labels[I] == labels[::10, None]).mean() > 0.5
+
+
+def test_faiss_path_train_then_add(data):
+    x, labels = data
+    index = GenerativeIndex(16, TINY)
+    assert not index.is_trained and index.ntotal == 0
+    with pytest.raises(RuntimeError, match="not trained"):
+        index.search(x[:1], 1)
+    index.train(x, labels, progress=False)
+    assert index.is_trained and index.ntotal == 0
+    index.add(x[:50])
+    index.add(x[50:])
+    assert index.ntotal == 200
+    assert sorted(index.ids.tolist()) == list(range(200))
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda ix, x: ix.search(x[:, :5], 1), ValueError, "16 columns"),
+    (lambda ix, x: ix.search(x[0], 1), ValueError, "2-D"),
+    (lambda ix, x: ix.search(x[:0], 1), ValueError, "empty"),
+    (lambda ix, x: ix.search(np.where(x == x[0, 0], np.nan, x), 1), ValueError, "NaN"),
+    (lambda ix, x: ix.search(x, 0), ValueError, "k must be >= 1"),
+    (lambda ix, x: ix.search(x, 2.0), TypeError, "k must be an integer"),
+    (lambda ix, x: ix.search(x, 2, beam_size=0), ValueError, "beam_size"),
+    (lambda ix, x: ix.search(x.astype(str), 1), TypeError, "numbers"),
+    (lambda ix, x: ix.add(x[:, :3]), ValueError, "16 columns"),
+    (lambda ix, x: ix.add_with_ids(x[:2], [7, 7]), ValueError, "distinct"),
+    (lambda ix, x: ix.add_with_ids(x[:2], [1, 100000]), ValueError, "already in the index"),
+    (lambda ix, x: ix.add_with_ids(x[:2], [100000]), ValueError, "one entry per row"),
+    (lambda ix, x: ix.add_with_ids(x[:1], [-1]), ValueError, ">= 0"),
+    (lambda ix, x: ix.add_with_ids(x[:1], [1.5]), TypeError, "integers"),
+    (lambda ix, x: ix.train(x, np.zeros(len(x))), ValueError, "at least 2 classes"),
+    (lambda ix, x: ix.train(x, np.arange(3)), ValueError, "one entry per row"),
+])
+def test_bad_input_is_refused_and_leaves_the_index_unchanged(trained, data, tmp_path,
+                                                              call, error, message):
+    x, _ = data
+    index = copy_of(trained, tmp_path)
+    before = index.search(x, 5)
+    with pytest.raises(error, match=message):
+        call(index, x)
+    after = index.search(x, 5)
+    np.testing.assert_array_equal(before.ids, after.ids)
+    np.testing.assert_array_equal(before.scores, after.scores)
+    assert index.ntotal == trained.ntotal
+
+
+def test_inputs_are_never_modified(trained, data):
+    x, _ = data
+    queries = x[:5].copy()
+    queries.flags.writeable = False
+    trained.search(queries, 3)
+    trained.encode(torch.from_numpy(x[:5].copy()))
+    np.testing.assert_array_equal(queries, x[:5])
+
+
+def test_config_round_trips_through_json():
+    config = IndexConfig().replace(seed=3)
+    assert IndexConfig.from_json(config.to_json()) == config
+    with pytest.raises(ValueError, match="unknown fields"):
+        IndexConfig.from_dict({"bogus": 1})

@@ -1,0 +1,107 @@
+"""The residual quantizer and the tokenizer: encode/decode round trips."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from genindex.config import IndexConfig, TokenizerConfig
+from genindex.kmeans import kmeans
+from genindex.tokenizer import ResidualQuantizer, SemanticTokenizer
+from genindex.train import train_tokenizer
+
+
+def separated_quantizer(levels: int, size: int, seed: int = 0) -> ResidualQuantizer:
+    """Codebooks whose levels are so far apart in scale that greedy RQ is exact:
+    codewords of level m are 0.2**m times rotated basis vectors (pairwise
+    distance 0.2**m * sqrt(2)), more than twice all deeper levels together."""
+    torch.manual_seed(seed)
+    rotation, _ = torch.linalg.qr(torch.randn(size, size))
+    quantizer = ResidualQuantizer(levels, size, size)
+    for m in range(levels):
+        quantizer.codebooks[m] = 0.2 ** m * rotation
+    return quantizer
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 4), st.integers(2, 12), st.data())
+def test_decode_then_encode_gives_the_codes_back(levels, size, data):
+    quantizer = separated_quantizer(levels, size)
+    codes = torch.tensor(data.draw(st.lists(
+        st.lists(st.integers(0, size - 1), min_size=levels, max_size=levels),
+        min_size=1, max_size=20)))
+    assert torch.equal(quantizer.encode(quantizer.decode(codes)), codes)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 9), st.integers(0, 10**6))
+def test_encode_is_greedy_nearest_codeword_per_residual(levels, size, seed):
+    rng = np.random.default_rng(seed)
+    quantizer = ResidualQuantizer(levels, size, 5)
+    quantizer.codebooks.copy_(torch.as_tensor(rng.standard_normal((levels, size, 5))))
+    f = rng.standard_normal((30, 5))
+    codes = quantizer.encode(torch.as_tensor(f, dtype=torch.float32)).numpy()
+    books = quantizer.codebooks.numpy()
+    residual = f.copy()
+    for m in range(levels):
+        dist = ((residual[:, None, :] - books[m][None]) ** 2).sum(-1)
+        chosen = dist[np.arange(len(f)), codes[:, m]]
+        assert np.all(chosen <= dist.min(axis=1) + 1e-4)
+        residual -= books[m][codes[:, m]]
+    decoded = quantizer.decode(torch.as_tensor(codes)).numpy()
+    assert np.allclose(decoded, f - residual, atol=1e-4)
+    partial = quantizer.partial(torch.as_tensor(codes))
+    assert torch.allclose(partial[:, -1], torch.as_tensor(decoded), atol=1e-5)
+
+
+def test_fitted_codebooks_reduce_the_error_at_every_level():
+    generator = torch.Generator().manual_seed(0)
+    f = torch.randn(2000, 8, generator=generator)
+    quantizer = ResidualQuantizer(3, 16, 8)
+    quantizer.fit(f, iters=10, generator=generator)
+    partial = quantizer.partial(quantizer.encode(f))
+    errors = [float(((f - partial[:, m]) ** 2).sum(1).mean()) for m in range(3)]
+    assert float((f ** 2).sum(1).mean()) > errors[0] > errors[1] > errors[2]
+
+
+def test_kmeans_is_seeded_and_uses_every_centroid():
+    x = torch.randn(500, 4, generator=torch.Generator().manual_seed(1))
+    a = kmeans(x, 32, 10, torch.Generator().manual_seed(3))
+    b = kmeans(x, 32, 10, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    labels = ((x[:, None] - a[None]) ** 2).sum(-1).argmin(1)
+    assert len(torch.unique(labels)) == 32
+
+
+def test_codebook_shrinks_to_the_number_of_training_items(caplog):
+    config = IndexConfig(tokenizer=TokenizerConfig(codebook_size=64, epochs=1, dim=8))
+    x = torch.randn(20, 6, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(20) % 4
+    with caplog.at_level(logging.WARNING):
+        tokenizer, _ = train_tokenizer(x, labels, config, torch.Generator().manual_seed(0),
+                                       progress=False)
+    assert tokenizer.quantizer.codebook_size == 20
+    assert "shrunk from 64 to 20" in caplog.text
+    codes = tokenizer.encode(x)
+    assert codes.shape == (20, 4) and codes.dtype == torch.int64
+    assert int(codes.max()) < 20
+
+
+def test_unsupervised_tokenizer_is_residual_quantization_of_the_input():
+    config = IndexConfig(tokenizer=TokenizerConfig(codebook_size=8, num_codebooks=2))
+    x = torch.randn(300, 5, generator=torch.Generator().manual_seed(0))
+    tokenizer, history = train_tokenizer(x, None, config, torch.Generator().manual_seed(0),
+                                         progress=False)
+    assert history == [] and not tokenizer.supervised
+    assert tokenizer.decode(tokenizer.encode(x)).shape == (300, 5)
+    assert torch.equal(tokenizer.encode(x), tokenizer.quantizer.encode(x))
+
+
+def test_supervised_features_are_unit_vectors():
+    tokenizer = SemanticTokenizer(6, TokenizerConfig(num_codebooks=2, codebook_size=4, dim=8), 3)
+    f = tokenizer.features(torch.randn(10, 6))
+    assert torch.allclose(f.norm(dim=1), torch.ones(10), atol=1e-5)
