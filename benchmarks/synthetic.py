@@ -6,7 +6,7 @@ own centre, noise chosen so that exact linear scan gets precision@1 between
 queries. A default-config GenerativeIndex is trained on the database (with its
 labels) and both methods answer the same queries.
 
-    python benchmarks/synthetic.py [--threads 2] [--seed 0]
+    python benchmarks/synthetic.py [--threads 2] [--seed 0] [--device cpu]
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--seed", type=int, default=0, help="data seed")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, ...")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -59,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     scan_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    index = GenerativeIndex.fit(db, db_labels, IndexConfig(), progress=not args.quiet)
+    index = GenerativeIndex.fit(db, db_labels, IndexConfig(), device=args.device,
+                                progress=not args.quiet)
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
     _, gen_ids = index.search(queries, k)
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [("linear scan (exact L2)", scan_ids, 0.0, scan_seconds),
             ("GenerativeIndex", gen_ids, train_seconds, search_seconds)]
     print(f"synthetic: {NUM_CLASSES} classes, {len(db)} database items, {len(queries)} "
-          f"queries, d={DIM}, noise={NOISE}, threads={args.threads}")
+          f"queries, d={DIM}, noise={NOISE}, threads={args.threads}, device={args.device}")
     print(f"{'method':24s} {'P@1':>6s} {'P@8':>6s} {'R@8':>6s} {'train s':>8s} {'search s':>9s}")
     results = {}
     for name, ids, train_s, search_s in rows:

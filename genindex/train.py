@@ -23,7 +23,8 @@ from .decoder import Decoder
 from .tokenizer import SemanticTokenizer
 
 log = logging.getLogger(__name__)
-_CHUNK = 1 << 16  # rows per block when computing features or distances
+_CHUNK = 1 << 16  # rows per block when computing features
+_DISTANCE_BLOCK = 1 << 25  # distances per block in the neighbour search (128 MiB)
 
 
 @dataclass
@@ -137,9 +138,10 @@ class PartnerSampler:
 def _nearest_neighbors(x: torch.Tensor, k: int) -> torch.Tensor:
     """Indices (n, k) of each row's k nearest other rows (exact, blockwise)."""
     norms = (x * x).sum(1)
+    rows = max(1, _DISTANCE_BLOCK // len(x))  # a block holds rows * n distances
     out = []
-    for start in range(0, len(x), _CHUNK // 16):
-        block = x[start:start + _CHUNK // 16]
+    for start in range(0, len(x), rows):
+        block = x[start:start + rows]
         d = (block * block).sum(1, keepdim=True) - 2 * block @ x.T + norms
         d[torch.arange(len(block)), torch.arange(start, start + len(block))] = float("inf")
         out.append(d.topk(k, dim=1, largest=False).indices)

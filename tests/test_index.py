@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from genindex import GenerativeIndex, IndexConfig, SearchResult
 
@@ -214,3 +218,33 @@ def test_config_round_trips_through_json():
     assert IndexConfig.from_json(config.to_json()) == config
     with pytest.raises(ValueError, match="unknown fields"):
         IndexConfig.from_dict({"bogus": 1})
+
+
+def test_importing_genindex_loads_no_optional_dependency():
+    import subprocess
+    import sys
+
+    code = ("import sys, genindex; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('faiss', 'scann', 'open_clip', 'matplotlib', 'diskannpy')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@settings(max_examples=25, deadline=None)
+@given(k=st.integers(1, 60), beam=st.one_of(st.none(), st.integers(1, 40)),
+       removed=st.lists(st.integers(0, 199), max_size=190, unique=True),
+       rows=st.lists(st.integers(0, 199), min_size=1, max_size=8))
+def test_search_output_invariants(trained, data, k, beam, removed, rows):
+    x, _ = data
+    index = copy.copy(trained)  # items are immutable snapshots: updating the copy is safe
+    index.remove_ids(removed)
+    assert trained.ntotal == 200
+    result = index.search(x[rows], k, beam_size=beam)
+    if beam is None or beam >= k:
+        check_contract(index, result, len(rows), k)
+    else:  # fewer beams than k: rows may end early, never with a wrong id
+        D, I = result
+        assert set(I[I >= 0].tolist()) <= set(index.ids.tolist())
+        assert all(len(set(r[r >= 0])) == (r >= 0).sum() for r in I)
