@@ -1,8 +1,9 @@
 """Input checks for the public API: every bad input is refused by name.
 
-Arrays come in as anything NumPy or torch can hold and leave as fresh,
-C-contiguous arrays of the expected dtype; the caller's arrays are never
-written to.
+Arrays come in as anything NumPy or torch can hold and leave as C-contiguous
+arrays of the expected dtype (a view of the input where no conversion is
+needed). Nothing here or downstream writes to them: the caller's arrays are
+never modified.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def as_vectors(x: Any, d: int, name: str = "x") -> np.ndarray:
         bad = int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])
         raise ValueError(f"{name} holds NaN or Inf (first in row {bad}), "
                          "or values too large for float32")
-    return out.copy() if np.shares_memory(out, array) else out
+    return out
 
 
 def as_ids(ids: Any, n: int | None = None, name: str = "ids", *, distinct: bool = True,

@@ -38,9 +38,11 @@ class SearchResult(NamedTuple):
     ids: np.ndarray  # (n, k) int64 item ids, -1 where there is no result
 
 
-class _Items(NamedTuple):
-    """The items of an index at one moment: replaced whole, never edited."""
+class _State(NamedTuple):
+    """All that a search reads: replaced whole under the lock, never edited."""
 
+    tokenizer: SemanticTokenizer
+    decoder: Decoder
     trie: Trie
     vectors: VectorStore | None
 
@@ -48,10 +50,10 @@ class _Items(NamedTuple):
 class GenerativeIndex:
     """A generative retrieval index over d-dimensional vectors.
 
-    ``search`` may run from many threads at once. ``add``, ``add_with_ids``,
-    ``remove_ids`` and ``reset`` take a lock and publish a new immutable
-    snapshot of the items (copy-on-write), so a search sees the items before or
-    after an update, never a mix.
+    ``search`` may run from many threads at once. Updates (``train``, ``add``,
+    ``add_with_ids``, ``remove_ids``, ``reset``) take a lock and publish a new
+    immutable snapshot of the model and items (copy-on-write), so a search
+    sees the index before or after an update, never a mix.
     """
 
     def __init__(self, d: int, config: IndexConfig | None = None) -> None:
@@ -61,11 +63,9 @@ class GenerativeIndex:
             raise TypeError(f"config must be an IndexConfig, got {type(config).__name__}")
         self._d = int(d)
         self.config = config or IndexConfig()
-        self.tokenizer: SemanticTokenizer | None = None
-        self.decoder: Decoder | None = None
         self.history: TrainHistory | None = None
         self.device = torch.device("cpu")
-        self._items: _Items | None = None
+        self._state: _State | None = None
         self._next_id = 0
         self._lock = threading.RLock()
 
@@ -93,9 +93,12 @@ class GenerativeIndex:
         y = None if labels is None else checks.as_labels(labels, len(x))
         if len(x) < 2:
             raise ValueError(f"x must have at least 2 rows to train on, got {len(x)}")
+        if self.ntotal:
+            raise ValueError(f"the index holds {self.ntotal} items, whose identifiers a new "
+                             "tokenizer would invalidate: call reset() before train()")
         config, device = self.config, self.device
-        xt = torch.from_numpy(x).to(device)
-        yt = None if y is None else torch.from_numpy(y).to(device)
+        xt = _tensor(x, device)
+        yt = None if y is None else _tensor(y, device)
         generator = torch.Generator().manual_seed(config.seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
@@ -106,47 +109,51 @@ class GenerativeIndex:
             partners = PartnerSampler(xt, yt, config.decoder.neighbors)
             decoder_loss = train_decoder(decoder, xt, codes, partners, config, generator,
                                          progress)
+        quantizer = tokenizer.quantizer
+        trie = Trie.empty(quantizer.num_codebooks, quantizer.codebook_size)
+        vectors = VectorStore.empty(self.d) if config.store_vectors else None
         with self._lock:
-            self.tokenizer, self.decoder = tokenizer, decoder
+            self._state = _State(tokenizer, decoder, trie, vectors)
             self.history = TrainHistory(tokenizer_loss, decoder_loss)
-            self._reset_items()
         return self.history
 
     def add(self, x: Any) -> None:
         """Add items with consecutive new ids (after the largest id ever used)."""
-        self._require_trained()
         x = checks.as_vectors(x, self.d)
         with self._lock:
+            self._require_trained()
             self._insert(x, np.arange(self._next_id, self._next_id + len(x), dtype=np.int64))
 
     def add_with_ids(self, x: Any, ids: Any) -> None:
         """Add items under the given distinct int64 ids, none of them already present."""
-        self._require_trained()
         x = checks.as_vectors(x, self.d)
         ids = checks.as_ids(ids, len(x), nonnegative=True)
         with self._lock:
-            present = self._items.trie.contains(ids)
+            self._require_trained()
+            present = self._state.trie.contains(ids)
             if present.any():
                 raise ValueError(f"ids already in the index: {ids[present][:10].tolist()}")
             self._insert(x, ids)
 
     def remove_ids(self, ids: Any) -> int:
         """Remove the items with these ids; returns how many were present."""
-        self._require_trained()
         ids = np.unique(checks.as_ids(ids, distinct=False))
         with self._lock:
-            items = self._items
-            removed = int(items.trie.contains(ids).sum())
+            state = self._require_trained()
+            removed = int(state.trie.contains(ids).sum())
             if removed:
-                self._items = _Items(items.trie.remove(ids),
-                                     None if items.vectors is None else items.vectors.remove(ids))
+                vectors = None if state.vectors is None else state.vectors.remove(ids)
+                self._state = state._replace(trie=state.trie.remove(ids), vectors=vectors)
             return removed
 
     def reset(self) -> None:
         """Remove every item; the trained model stays."""
         with self._lock:
-            if self.is_trained:
-                self._reset_items()
+            state = self._state
+            if state is not None:
+                vectors = None if state.vectors is None else VectorStore.empty(self.d)
+                self._state = state._replace(trie=state.trie.remove(state.trie.ids),
+                                             vectors=vectors)
             self._next_id = 0
 
     # ---------------------------------------------------------------- search
@@ -157,31 +164,30 @@ class GenerativeIndex:
         at each step. With ``beam_size >= k`` every row is full whenever the
         index holds at least k items; with fewer beams a row may end in ``-1``.
         """
-        self._require_trained()
+        state = self._require_trained()
         x = checks.as_vectors(x, self.d)
         k = checks.as_k(k)
         beam_size = checks.as_beam_size(beam_size, k)
-        items, decoder = self._items, self.decoder
         scores = np.empty((len(x), k), np.float32)
         ids = np.empty((len(x), k), np.int64)
         with torch.inference_mode():
             for start in range(0, len(x), _SEARCH_CHUNK):
-                queries = torch.from_numpy(x[start:start + _SEARCH_CHUNK]).to(self.device)
-                beams = beam_search(decoder, queries, items.trie, beam_size)
+                queries = _tensor(x[start:start + _SEARCH_CHUNK], self.device)
+                beams = beam_search(state.decoder, queries, state.trie, beam_size)
                 distance = None
-                if items.vectors is not None:
-                    distance = items.vectors.distance(self.device, queries)
-                s, i = top_items(items.trie, beams, k, distance)
+                if state.vectors is not None:
+                    distance = state.vectors.distance(self.device, queries)
+                s, i = top_items(state.trie, beams, k, distance)
                 scores[start:start + len(queries)] = s.cpu().numpy()
                 ids[start:start + len(queries)] = i.cpu().numpy()
         return SearchResult(scores, ids)
 
     def encode(self, x: Any) -> np.ndarray:
         """The identifier (n, M) the tokenizer gives each row of ``x``."""
-        self._require_trained()
+        tokenizer = self._require_trained().tokenizer
         x = checks.as_vectors(x, self.d)
         with torch.inference_mode():
-            return self.tokenizer.encode(torch.from_numpy(x).to(self.device)).cpu().numpy()
+            return tokenizer.encode(_tensor(x, self.device)).cpu().numpy()
 
     # ------------------------------------------------------------ properties
     @property
@@ -190,23 +196,34 @@ class GenerativeIndex:
 
     @property
     def ntotal(self) -> int:
-        return 0 if self._items is None else len(self._items.trie)
+        state = self._state
+        return 0 if state is None else len(state.trie)
 
     @property
     def is_trained(self) -> bool:
-        return self.decoder is not None
+        return self._state is not None
 
     @property
     def ids(self) -> np.ndarray:
         """The ids of all items, in identifier order."""
-        return np.zeros(0, np.int64) if self._items is None else self._items.trie.ids.copy()
+        state = self._state
+        return np.zeros(0, np.int64) if state is None else state.trie.ids.copy()
+
+    @property
+    def tokenizer(self) -> SemanticTokenizer | None:
+        return None if self._state is None else self._state.tokenizer
+
+    @property
+    def decoder(self) -> Decoder | None:
+        return None if self._state is None else self._state.decoder
 
     def to(self, device: str | torch.device) -> GenerativeIndex:
-        """Run training and search on ``device`` (e.g. ``"cuda"``)."""
-        self.device = torch.device(device)
-        for module in (self.tokenizer, self.decoder):
-            if module is not None:
-                module.to(self.device)
+        """Run training and search on ``device`` (e.g. ``"cuda"``); not during a search."""
+        with self._lock:
+            self.device = torch.device(device)
+            if self._state is not None:
+                self._state.tokenizer.to(self.device)
+                self._state.decoder.to(self.device)
         return self
 
     def __repr__(self) -> str:
@@ -216,18 +233,16 @@ class GenerativeIndex:
     # ----------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike) -> None:
         """Write the index to the folder ``path`` (atomically; see genindex.persist)."""
-        self._require_trained()
         with self._lock:
-            items, next_id = self._items, self._next_id
-        tensors = {**{f"tokenizer.{k}": v for k, v in self.tokenizer.state_dict().items()},
-                   **{f"decoder.{k}": v for k, v in self.decoder.state_dict().items()}}
-        arrays = {"ids": items.trie.ids, "codes": items.trie.codes}
-        if items.vectors is not None:
-            arrays["vector_ids"], arrays["vectors"] = items.vectors.ids, items.vectors.vectors
-        quantizer = self.tokenizer.quantizer
+            state, next_id = self._require_trained(), self._next_id
+        tensors = {**{f"tokenizer.{k}": v for k, v in state.tokenizer.state_dict().items()},
+                   **{f"decoder.{k}": v for k, v in state.decoder.state_dict().items()}}
+        arrays = {"ids": state.trie.ids, "codes": state.trie.codes}
+        if state.vectors is not None:
+            arrays["vector_ids"], arrays["vectors"] = state.vectors.ids, state.vectors.vectors
         body = {"d": self.d, "config": self.config.to_dict(), "next_id": next_id,
-                "num_classes": self.tokenizer.num_classes,
-                "codebook_size": quantizer.codebook_size}
+                "num_classes": state.tokenizer.num_classes,
+                "codebook_size": state.tokenizer.quantizer.codebook_size}
         write_folder(path, body, tensors, arrays)
 
     @classmethod
@@ -255,33 +270,35 @@ class GenerativeIndex:
             module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()
                                     if k.startswith(prefix)}, strict=True)
             module.eval()
-        self.tokenizer, self.decoder = tokenizer, decoder
         trie = Trie(arrays["codes"], arrays["ids"], body["codebook_size"])
         vectors = None
         if config.store_vectors:
             vectors = VectorStore(arrays["vector_ids"], arrays["vectors"])
             if not np.array_equal(vectors.ids, np.sort(trie.ids)):
                 raise IndexFormatError("the stored vectors do not match the stored ids")
-        self._items = _Items(trie, vectors)
+        self._state = _State(tokenizer, decoder, trie, vectors)
         self._next_id = int(body["next_id"])
 
     def _insert(self, x: np.ndarray, ids: np.ndarray) -> None:
-        """Encode and insert (caller holds the lock and has checked the ids)."""
-        codes = self.encode(x)
-        items = self._items
-        self._items = _Items(items.trie.insert(codes, ids),
-                             None if items.vectors is None else items.vectors.insert(ids, x))
+        """Encode and insert checked rows (the caller holds the lock)."""
+        state = self._state
+        with torch.inference_mode():
+            codes = state.tokenizer.encode(_tensor(x, self.device)).cpu().numpy()
+        vectors = None if state.vectors is None else state.vectors.insert(ids, x)
+        self._state = state._replace(trie=state.trie.insert(codes, ids), vectors=vectors)
         self._next_id = max(self._next_id, int(ids.max()) + 1)
 
-    def _reset_items(self) -> None:
-        quantizer = self.tokenizer.quantizer
-        self._items = _Items(Trie.empty(quantizer.num_codebooks, quantizer.codebook_size),
-                             VectorStore.empty(self.d) if self.config.store_vectors else None)
-
-    def _require_trained(self) -> None:
-        if not self.is_trained:
+    def _require_trained(self) -> _State:
+        state = self._state
+        if state is None:
             raise RuntimeError("the index is not trained: call index.train(x, labels) "
                                "or build it with GenerativeIndex.fit(x, labels)")
+        return state
+
+
+def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A tensor on ``device`` that shares a writable array's memory on the CPU."""
+    return torch.from_numpy(array if array.flags.writeable else array.copy()).to(device)
 
 
 def _dim_of(x: Any) -> int:

@@ -190,6 +190,7 @@ def test_faiss_path_train_then_add(data):
     (lambda ix, x: ix.add_with_ids(x[:1], [1.5]), TypeError, "integers"),
     (lambda ix, x: ix.train(x, np.zeros(len(x))), ValueError, "at least 2 classes"),
     (lambda ix, x: ix.train(x, np.arange(3)), ValueError, "one entry per row"),
+    (lambda ix, x: ix.train(x, np.arange(len(x)) % 3), ValueError, "call reset"),
 ])
 def test_bad_input_is_refused_and_leaves_the_index_unchanged(trained, data, tmp_path,
                                                               call, error, message):
