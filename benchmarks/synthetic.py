@@ -6,7 +6,7 @@ own centre, noise chosen so that exact linear scan gets precision@1 between
 queries. A default-config GenerativeIndex is trained on the database (with its
 labels) and both methods answer the same queries.
 
-    python benchmarks/synthetic.py [--threads 2] [--seed 0] [--device cpu]
+    python benchmarks/synthetic.py [--threads 2] [--seed 0] [--device cpu] [--config C.json]
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--seed", type=int, default=0, help="data seed")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, ...")
+    parser.add_argument("--config", type=Path, help="IndexConfig as JSON (default: defaults)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -60,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     scan_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    index = GenerativeIndex.fit(db, db_labels, IndexConfig(), device=args.device,
+    config = IndexConfig.from_json(args.config.read_text()) if args.config else IndexConfig()
+    index = GenerativeIndex.fit(db, db_labels, config, device=args.device,
                                 progress=not args.quiet)
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backbones import Backbone
 from .config import DecoderConfig
 
 KV = tuple[torch.Tensor, torch.Tensor]
@@ -40,6 +41,26 @@ class VectorMemory(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.proj(self.ln_in(self.drop_in(x))).view(len(x), self.n_memory, self.n_embd)
         return self.ln_out(tokens)
+
+
+class TokenMemory(nn.Module):
+    """Runs a backbone on pixels and projects its spatial tokens: (B, T, E).
+
+    This is the end-to-end mode of the paper: the decoder cross-attends to the
+    encoder's tokens, and the encoder trains with it.
+    """
+
+    def __init__(self, backbone: Backbone, n_embd: int, input_dropout: float = 0.0) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.drop_in = nn.Dropout(input_dropout)
+        self.ln_in = nn.LayerNorm(backbone.token_dim)
+        self.proj = nn.Linear(backbone.token_dim, n_embd)
+        self.ln_out = nn.LayerNorm(n_embd)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        tokens = self.backbone(pixels).tokens.float()
+        return self.ln_out(self.proj(self.ln_in(self.drop_in(tokens))))
 
 
 class SelfAttention(nn.Module):
@@ -139,11 +160,15 @@ class Decoder(nn.Module):
     """Transformer decoder over M-code identifiers with a codebook of size L."""
 
     def __init__(self, config: DecoderConfig, vocab_size: int, num_levels: int,
-                 input_dim: int) -> None:
+                 memory: nn.Module | int) -> None:
+        """``memory`` maps the decoder's input to memory tokens (B, S, n_embd); an int d
+        stands for a :class:`VectorMemory` over d-dimensional query vectors."""
         super().__init__()
         self.config, self.vocab_size, self.num_levels = config, vocab_size, num_levels
         E = config.n_embd
-        self.memory = VectorMemory(input_dim, config.n_memory, E, config.input_dropout)
+        if isinstance(memory, int):
+            memory = VectorMemory(memory, config.n_memory, E, config.input_dropout)
+        self.memory = memory
         # token 0 is the start token; code l at level m is token 1 + m * L + l
         self.wte = nn.Embedding(1 + num_levels * vocab_size, E)
         self.wpe = nn.Embedding(num_levels, E)
@@ -152,9 +177,12 @@ class Decoder(nn.Module):
         self.ln_f = nn.LayerNorm(E)
         # one output layer per level: code l at level 1 and at level 2 are unrelated
         self.head = nn.Parameter(torch.empty(num_levels, vocab_size, E))
-        self.apply(self._init_weights)
+        pretrained = {id(m) for b in self.modules() if isinstance(b, Backbone) for m in b.modules()}
+        for module in self.modules():
+            if id(module) not in pretrained:  # a backbone keeps its own weights
+                self._init_weights(module)
         nn.init.normal_(self.head, std=0.02)
-        for name, p in self.named_parameters():
+        for name, p in self.blocks.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(3 * config.n_layer))
 

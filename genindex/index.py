@@ -2,13 +2,18 @@
 
 >>> index = GenerativeIndex.fit(xb, labels)        # or GenerativeIndex(d) + train + add
 >>> D, I = index.search(xq, k=10)                  # D: log-probabilities, I: int64 ids
+>>> index = GenerativeIndex.fit(paths, labels, backbone="efficientnet-lite0")
+>>> D, I = index.search(query_paths, k=10)         # images in, ids out
 
 ``D`` is float32 (n, k), larger is better; ``I`` is int64 (n, k) with ``-1``
-(and ``D = -inf``) where a query has fewer than k results.
+(and ``D = -inf``) where a query has fewer than k results. With a backbone,
+every method that takes data takes images (see :mod:`genindex.images`) or,
+unless the index is end to end, the backbone's feature vectors.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import threading
@@ -18,13 +23,18 @@ import numpy as np
 import torch
 
 from . import checks
+from .backbones import Backbone, get_backbone
 from .beam import beam_search, top_items
+from .cache import FeatureCache
 from .config import IndexConfig
 from .decoder import Decoder
+from .extract import extract_features, load_pixels
+from .images import looks_like_images
+from .models import build_models, embed, train_models
 from .persist import IndexFormatError, read_folder, write_folder
 from .store import VectorStore
 from .tokenizer import SemanticTokenizer
-from .train import PartnerSampler, TrainHistory, train_decoder, train_tokenizer
+from .train import TrainHistory
 from .trie import Trie
 
 log = logging.getLogger(__name__)
@@ -47,8 +57,15 @@ class _State(NamedTuple):
     vectors: VectorStore | None
 
 
+class _Inputs(NamedTuple):
+    """A batch as the models take it, and its feature vectors where known."""
+
+    tensor: torch.Tensor  # (n, d) vectors, or (n, 3, S, S) uint8 pixels end to end
+    vectors: np.ndarray | None  # (n, d) float32; None for pixels until embedded
+
+
 class GenerativeIndex:
-    """A generative retrieval index over d-dimensional vectors.
+    """A generative retrieval index over d-dimensional vectors or images.
 
     ``search`` may run from many threads at once. Updates (``train``, ``add``,
     ``add_with_ids``, ``remove_ids``, ``reset``) take a lock and publish a new
@@ -56,13 +73,28 @@ class GenerativeIndex:
     sees the index before or after an update, never a mix.
     """
 
-    def __init__(self, d: int, config: IndexConfig | None = None) -> None:
-        if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d <= 0:
-            raise ValueError(f"d must be a positive integer, got {d!r}")
+    def __init__(self, d: int | None = None, config: IndexConfig | None = None, *,
+                 backbone: str | Backbone | None = None,
+                 cache_dir: str | os.PathLike | bool | None = None) -> None:
+        """``d``: the vector dimension (with a backbone, its feature size by default).
+
+        ``backbone``: see :mod:`genindex.backbones`. ``cache_dir``: where image
+        features are cached (None: the default folder, False: no cache).
+        """
         if config is not None and not isinstance(config, IndexConfig):
             raise TypeError(f"config must be an IndexConfig, got {type(config).__name__}")
+        self.backbone = None if backbone is None else get_backbone(backbone)
+        if d is None and self.backbone is not None:
+            d = self.backbone.feature_dim
+        if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d <= 0:
+            raise ValueError(f"d must be a positive integer, got {d!r}")
+        if self.backbone is not None and d != self.backbone.feature_dim:
+            raise ValueError(f"d={d} but the backbone's features have "
+                             f"{self.backbone.feature_dim} dimensions")
         self._d = int(d)
         self.config = config or IndexConfig()
+        self.cache_dir = cache_dir
+        self._cache: FeatureCache | None = None
         self.history: TrainHistory | None = None
         self.device = torch.device("cpu")
         self._state: _State | None = None
@@ -72,14 +104,23 @@ class GenerativeIndex:
     # -------------------------------------------------------------- building
     @classmethod
     def fit(cls, x: Any, labels: Any = None, config: IndexConfig | None = None, *,
-            device: str | torch.device | None = None, progress: bool = True) -> GenerativeIndex:
-        """Train on ``x`` (n, d) with optional class ``labels``, then add ``x`` (ids 0..n-1)."""
-        x = checks.as_vectors(x, _dim_of(x))
-        index = cls(x.shape[1], config)
+            backbone: str | Backbone | None = None, device: str | torch.device | None = None,
+            cache_dir: str | os.PathLike | bool | None = None,
+            progress: bool = True) -> GenerativeIndex:
+        """Train on ``x`` with optional class ``labels``, then add ``x`` (ids 0..n-1).
+
+        ``x``: vectors (n, d), or images with a ``backbone``.
+        """
+        if backbone is None:
+            x = checks.as_vectors(x, _dim_of(x))
+        index = cls(None if backbone else x.shape[1], config, backbone=backbone,
+                    cache_dir=cache_dir)
         if device is not None:
             index.to(device)
-        index.train(x, labels, progress=progress)
-        index.add(x)
+        inputs = index._inputs(x, progress)
+        index._train(inputs, labels, progress)
+        with index._lock:
+            index._insert(inputs, np.arange(len(inputs.tensor), dtype=np.int64))
         return index
 
     def train(self, x: Any, labels: Any = None, *, progress: bool = True) -> TrainHistory:
@@ -89,51 +130,26 @@ class GenerativeIndex:
         item of the query's class (the paper). Without, that of one of its
         nearest neighbours.
         """
-        x = checks.as_vectors(x, self.d)
-        y = None if labels is None else checks.as_labels(labels, len(x))
-        if len(x) < 2:
-            raise ValueError(f"x must have at least 2 rows to train on, got {len(x)}")
-        if self.ntotal:
-            raise ValueError(f"the index holds {self.ntotal} items, whose identifiers a new "
-                             "tokenizer would invalidate: call reset() before train()")
-        config, device = self.config, self.device
-        xt = _tensor(x, device)
-        yt = None if y is None else _tensor(y, device)
-        generator = torch.Generator().manual_seed(config.seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            tokenizer, tokenizer_loss = train_tokenizer(xt, yt, config, generator, progress)
-            codes = tokenizer.encode(xt)
-            decoder = Decoder(config.decoder, tokenizer.quantizer.codebook_size,
-                              tokenizer.quantizer.num_codebooks, self.d).to(device)
-            partners = PartnerSampler(xt, yt, config.decoder.neighbors)
-            decoder_loss = train_decoder(decoder, xt, codes, partners, config, generator,
-                                         progress)
-        quantizer = tokenizer.quantizer
-        trie = Trie.empty(quantizer.num_codebooks, quantizer.codebook_size)
-        vectors = VectorStore.empty(self.d) if config.store_vectors else None
-        with self._lock:
-            self._state = _State(tokenizer, decoder, trie, vectors)
-            self.history = TrainHistory(tokenizer_loss, decoder_loss)
-        return self.history
+        return self._train(self._inputs(x, progress), labels, progress)
 
-    def add(self, x: Any) -> None:
+    def add(self, x: Any, *, progress: bool = False) -> None:
         """Add items with consecutive new ids (after the largest id ever used)."""
-        x = checks.as_vectors(x, self.d)
+        self._require_trained()
+        inputs = self._inputs(x, progress)
         with self._lock:
-            self._require_trained()
-            self._insert(x, np.arange(self._next_id, self._next_id + len(x), dtype=np.int64))
+            first = self._next_id
+            self._insert(inputs, np.arange(first, first + len(inputs.tensor), dtype=np.int64))
 
-    def add_with_ids(self, x: Any, ids: Any) -> None:
+    def add_with_ids(self, x: Any, ids: Any, *, progress: bool = False) -> None:
         """Add items under the given distinct int64 ids, none of them already present."""
-        x = checks.as_vectors(x, self.d)
-        ids = checks.as_ids(ids, len(x), nonnegative=True)
+        self._require_trained()
+        inputs = self._inputs(x, progress)
+        ids = checks.as_ids(ids, len(inputs.tensor), nonnegative=True)
         with self._lock:
-            self._require_trained()
             present = self._state.trie.contains(ids)
             if present.any():
                 raise ValueError(f"ids already in the index: {ids[present][:10].tolist()}")
-            self._insert(x, ids)
+            self._insert(inputs, ids)
 
     def remove_ids(self, ids: Any) -> int:
         """Remove the items with these ids; returns how many were present."""
@@ -157,7 +173,8 @@ class GenerativeIndex:
             self._next_id = 0
 
     # ---------------------------------------------------------------- search
-    def search(self, x: Any, k: int, *, beam_size: int | None = None) -> SearchResult:
+    def search(self, x: Any, k: int, *, beam_size: int | None = None,
+               progress: bool = False) -> SearchResult:
         """The ``k`` best items for each query row of ``x``: ``D, I = index.search(x, k)``.
 
         ``beam_size`` (default ``max(k, 10)``) is the number of identifiers kept
@@ -165,29 +182,38 @@ class GenerativeIndex:
         index holds at least k items; with fewer beams a row may end in ``-1``.
         """
         state = self._require_trained()
-        x = checks.as_vectors(x, self.d)
         k = checks.as_k(k)
         beam_size = checks.as_beam_size(beam_size, k)
-        scores = np.empty((len(x), k), np.float32)
-        ids = np.empty((len(x), k), np.int64)
+        inputs = self._inputs(x, progress).tensor
+        scores = np.empty((len(inputs), k), np.float32)
+        ids = np.empty((len(inputs), k), np.int64)
         with torch.inference_mode():
-            for start in range(0, len(x), _SEARCH_CHUNK):
-                queries = _tensor(x[start:start + _SEARCH_CHUNK], self.device)
+            for start in range(0, len(inputs), _SEARCH_CHUNK):
+                queries = inputs[start:start + _SEARCH_CHUNK]
                 beams = beam_search(state.decoder, queries, state.trie, beam_size)
                 distance = None
                 if state.vectors is not None:
-                    distance = state.vectors.distance(self.device, queries)
+                    distance = state.vectors.distance(self.device, embed(state.tokenizer,
+                                                                         queries))
                 s, i = top_items(state.trie, beams, k, distance)
                 scores[start:start + len(queries)] = s.cpu().numpy()
                 ids[start:start + len(queries)] = i.cpu().numpy()
         return SearchResult(scores, ids)
 
     def encode(self, x: Any) -> np.ndarray:
-        """The identifier (n, M) the tokenizer gives each row of ``x``."""
+        """The identifier (n, M) the tokenizer gives each input."""
         tokenizer = self._require_trained().tokenizer
-        x = checks.as_vectors(x, self.d)
+        inputs = self._inputs(x, progress=False).tensor
         with torch.inference_mode():
-            return tokenizer.encode(_tensor(x, self.device)).cpu().numpy()
+            return tokenizer.encode(inputs).cpu().numpy()
+
+    def embed(self, x: Any, *, progress: bool = False) -> np.ndarray:
+        """The global feature vectors (n, d) of the inputs, as the index stores them."""
+        inputs = self._inputs(x, progress)
+        if inputs.vectors is not None:
+            return inputs.vectors
+        with torch.inference_mode():
+            return embed(self._require_trained().tokenizer, inputs.tensor).float().cpu().numpy()
 
     # ------------------------------------------------------------ properties
     @property
@@ -221,10 +247,16 @@ class GenerativeIndex:
         """Run training and search on ``device`` (e.g. ``"cuda"``); not during a search."""
         with self._lock:
             self.device = torch.device(device)
-            if self._state is not None:
-                self._state.tokenizer.to(self.device)
-                self._state.decoder.to(self.device)
+            modules = [] if self._state is None else [self._state.tokenizer, self._state.decoder]
+            for module in modules + [self.backbone]:
+                if module is not None:
+                    module.to(self.device)
         return self
+
+    @property
+    def end_to_end(self) -> bool:
+        """Whether pixels go through fine-tuned backbones (else: frozen features)."""
+        return self.backbone is not None and self.config.end_to_end
 
     def __repr__(self) -> str:
         return (f"GenerativeIndex(d={self.d}, ntotal={self.ntotal}, "
@@ -232,27 +264,38 @@ class GenerativeIndex:
 
     # ----------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike) -> None:
-        """Write the index to the folder ``path`` (atomically; see genindex.persist)."""
+        """Write the index to the folder ``path`` (atomically; see genindex.persist).
+
+        A frozen backbone is saved by name (its weights come back from the same
+        source); a randomly initialised or fine-tuned one with its weights.
+        """
         with self._lock:
             state, next_id = self._require_trained(), self._next_id
         tensors = {**{f"tokenizer.{k}": v for k, v in state.tokenizer.state_dict().items()},
                    **{f"decoder.{k}": v for k, v in state.decoder.state_dict().items()}}
+        backbone = self.backbone
+        if backbone is not None and not self.end_to_end and not backbone.pretrained_weights:
+            tensors.update({f"backbone.{k}": v for k, v in backbone.state_dict().items()})
         arrays = {"ids": state.trie.ids, "codes": state.trie.codes}
         if state.vectors is not None:
             arrays["vector_ids"], arrays["vectors"] = state.vectors.ids, state.vectors.vectors
         body = {"d": self.d, "config": self.config.to_dict(), "next_id": next_id,
                 "num_classes": state.tokenizer.num_classes,
-                "codebook_size": state.tokenizer.quantizer.codebook_size}
+                "codebook_size": state.tokenizer.quantizer.codebook_size,
+                "backbone": None if backbone is None else backbone.spec()}
         write_folder(path, body, tensors, arrays)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu"
-             ) -> GenerativeIndex:
+    def load(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu",
+             cache_dir: str | os.PathLike | bool | None = None) -> GenerativeIndex:
         """Read an index written by :meth:`save`; never unpickles anything."""
         body, tensors, arrays = read_folder(path)
         try:
-            index = cls(body["d"], IndexConfig.from_dict(body["config"]))
-            index._restore(body, tensors, arrays)
+            config = IndexConfig.from_dict(body["config"])
+            tokenizer, decoder = build_models(body, config, body["d"], tensors)
+            backbone = _saved_backbone(body.get("backbone"), config, tokenizer, tensors)
+            index = cls(body["d"], config, backbone=backbone, cache_dir=cache_dir)
+            index._restore(body, tokenizer, decoder, arrays)
         except IndexFormatError:
             raise
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
@@ -260,32 +303,69 @@ class GenerativeIndex:
         return index.to(device)
 
     # --------------------------------------------------------------- private
-    def _restore(self, body: dict, tensors: dict, arrays: dict) -> None:
-        config = self.config
-        tokenizer = SemanticTokenizer(self.d, config.tokenizer, body["num_classes"],
-                                      body["codebook_size"])
-        decoder = Decoder(config.decoder, body["codebook_size"],
-                          config.tokenizer.num_codebooks, self.d)
-        for prefix, module in (("tokenizer.", tokenizer), ("decoder.", decoder)):
-            module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()
-                                    if k.startswith(prefix)}, strict=True)
-            module.eval()
+    def _inputs(self, x: Any, progress: bool) -> _Inputs:
+        """Images or vectors in, what the models take out (see _Inputs)."""
+        if self.backbone is not None and looks_like_images(x):
+            if self.end_to_end:
+                pixels = load_pixels(self.backbone, x, progress=progress)
+                return _Inputs(pixels.to(self.device), None)
+            vectors = extract_features(self.backbone, x, cache=self._feature_cache(),
+                                       device=self.device, progress=progress)
+            return _Inputs(_tensor(vectors, self.device), vectors)
+        if self.end_to_end:
+            raise ValueError("this index is end to end: it reads images (paths, PIL images, "
+                             "arrays), not feature vectors")
+        vectors = checks.as_vectors(x, self.d)
+        return _Inputs(_tensor(vectors, self.device), vectors)
+
+    def _feature_cache(self) -> FeatureCache | None:
+        if self.cache_dir is False:
+            return None
+        if self._cache is None:
+            root = None if self.cache_dir in (None, True) else self.cache_dir
+            self._cache = FeatureCache(self.backbone.cache_key(), root)
+        return self._cache
+
+    def _train(self, inputs: _Inputs, labels: Any, progress: bool) -> TrainHistory:
+        n = len(inputs.tensor)
+        y = None if labels is None else checks.as_labels(labels, n)
+        if n < 2:
+            raise ValueError(f"x must have at least 2 items to train on, got {n}")
+        if self.ntotal:
+            raise ValueError(f"the index holds {self.ntotal} items, whose identifiers a new "
+                             "tokenizer would invalidate: call reset() before train()")
+        yt = None if y is None else torch.from_numpy(y).to(self.device)
+        models = train_models(inputs.tensor, yt, self.config,
+                              self.backbone if self.end_to_end else None, progress)
+        quantizer = models.tokenizer.quantizer
+        trie = Trie.empty(quantizer.num_codebooks, quantizer.codebook_size)
+        vectors = VectorStore.empty(self.d) if self.config.store_vectors else None
+        with self._lock:
+            self._state = _State(models.tokenizer, models.decoder, trie, vectors)
+            self.history = models.history
+        return models.history
+
+    def _restore(self, body: dict, tokenizer: SemanticTokenizer, decoder: Decoder,
+                 arrays: dict) -> None:
         trie = Trie(arrays["codes"], arrays["ids"], body["codebook_size"])
         vectors = None
-        if config.store_vectors:
+        if self.config.store_vectors:
             vectors = VectorStore(arrays["vector_ids"], arrays["vectors"])
             if not np.array_equal(vectors.ids, np.sort(trie.ids)):
                 raise IndexFormatError("the stored vectors do not match the stored ids")
         self._state = _State(tokenizer, decoder, trie, vectors)
         self._next_id = int(body["next_id"])
 
-    def _insert(self, x: np.ndarray, ids: np.ndarray) -> None:
-        """Encode and insert checked rows (the caller holds the lock)."""
+    def _insert(self, inputs: _Inputs, ids: np.ndarray) -> None:
+        """Encode and insert checked items (the caller holds the lock)."""
         state = self._state
         with torch.inference_mode():
-            codes = state.tokenizer.encode(_tensor(x, self.device)).cpu().numpy()
-        vectors = None if state.vectors is None else state.vectors.insert(ids, x)
-        self._state = state._replace(trie=state.trie.insert(codes, ids), vectors=vectors)
+            codes = state.tokenizer.encode(inputs.tensor).cpu().numpy()
+            vectors = inputs.vectors
+            if state.vectors is not None and vectors is None:
+                vectors = embed(state.tokenizer, inputs.tensor).float().cpu().numpy()
+        store = None if state.vectors is None else state.vectors.insert(ids, vectors)
+        self._state = state._replace(trie=state.trie.insert(codes, ids), vectors=store)
         self._next_id = max(self._next_id, int(ids.max()) + 1)
 
     def _require_trained(self) -> _State:
@@ -294,6 +374,20 @@ class GenerativeIndex:
             raise RuntimeError("the index is not trained: call index.train(x, labels) "
                                "or build it with GenerativeIndex.fit(x, labels)")
         return state
+
+
+def _saved_backbone(spec: dict | None, config: IndexConfig, tokenizer: SemanticTokenizer,
+                    tensors: dict[str, torch.Tensor]) -> Backbone | None:
+    """The backbone of a saved index: the fine-tuned encoder end to end, else by name."""
+    if spec is None:
+        return None
+    if config.end_to_end:
+        return copy.deepcopy(tokenizer.encoder)
+    weights = {k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")}
+    backbone = get_backbone(spec, weights=not weights)
+    if weights:
+        backbone.load_state_dict(weights, strict=True)
+    return backbone.eval()
 
 
 def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -24,10 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backbones import Backbone
 from .config import TokenizerConfig
 from .kmeans import assign, kmeans
 
-_CHUNK = 1 << 16  # rows encoded at a time
+
+def chunk_size(x: torch.Tensor) -> int:
+    """Rows processed at a time: many vectors, or a batch of images."""
+    return 64 if x.dim() > 2 else 1 << 16
 
 
 class ResidualQuantizer(nn.Module):
@@ -58,8 +62,8 @@ class ResidualQuantizer(nn.Module):
     def encode(self, f: torch.Tensor) -> torch.Tensor:
         """Codes (n, M) int64: greedy nearest codeword of each residual (eq. 1-2)."""
         codes = torch.empty(len(f), self.num_codebooks, dtype=torch.long, device=f.device)
-        for start in range(0, len(f), _CHUNK):
-            residual = f[start:start + _CHUNK].detach().float()
+        for start in range(0, len(f), chunk_size(f)):
+            residual = f[start:start + chunk_size(f)].detach().float()
             for m in range(self.num_codebooks):
                 labels, _ = assign(residual, self.codebooks[m])
                 codes[start:start + len(labels), m] = labels
@@ -99,17 +103,23 @@ class CosineClassifier(nn.Module):
 
 
 class SemanticTokenizer(nn.Module):
-    """Head + residual quantizer (+ the classifier that trains them).
+    """(Encoder +) head + residual quantizer (+ the classifier that trains them).
 
     With ``num_classes=None`` there is nothing to classify: the head is the
     identity and the tokenizer is plain residual quantization of the input.
+    With an ``encoder`` (end-to-end mode) the inputs are pixels and the
+    encoder's global feature feeds the head.
     """
 
     def __init__(self, input_dim: int, config: TokenizerConfig, num_classes: int | None,
-                 codebook_size: int | None = None) -> None:
+                 codebook_size: int | None = None, encoder: Backbone | None = None) -> None:
         """``codebook_size`` overrides ``config.codebook_size`` (see train_tokenizer)."""
         super().__init__()
+        if encoder is not None and num_classes is None:
+            raise ValueError("end-to-end training needs labels: the encoder learns from the "
+                             "classification loss")
         self.input_dim, self.num_classes = input_dim, num_classes
+        self.encoder = encoder
         dim = config.dim
         if num_classes is None:
             self.head: nn.Module = nn.Identity()
@@ -126,17 +136,23 @@ class SemanticTokenizer(nn.Module):
     def supervised(self) -> bool:
         return self.classifier is not None
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The global feature (n, input_dim) the head reads: ``x``, or the encoder's."""
+        return x if self.encoder is None else self.encoder(x).global_feature.float()
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """f_cls for a batch of backbone features (n, input_dim)."""
-        f = self.head(x)
+        """f_cls for a batch of inputs: features (n, input_dim), or pixels with an encoder."""
+        f = self.head(self.embed(x))
         return f if self.classifier is None else F.normalize(f, dim=-1)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """(n, M) int64 codes of the inputs ``x`` (n, input_dim)."""
+        """(n, M) int64 codes of the inputs ``x``."""
+        if not len(x):
+            return torch.zeros(0, self.quantizer.num_codebooks, dtype=torch.long,
+                               device=x.device)
         return torch.cat([self.quantizer.encode(self.features(chunk))
-                          for chunk in x.split(_CHUNK)]) if len(x) else \
-            torch.zeros(0, self.quantizer.num_codebooks, dtype=torch.long, device=x.device)
+                          for chunk in x.split(chunk_size(x))])
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """The reconstruction of f_cls from its codes, (n, D)."""

@@ -18,12 +18,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .backbones import Backbone
 from .config import DecoderConfig, IndexConfig, TokenizerConfig
 from .decoder import Decoder
-from .tokenizer import SemanticTokenizer
+from .tokenizer import SemanticTokenizer, chunk_size
 
 log = logging.getLogger(__name__)
-_CHUNK = 1 << 16  # rows per block when computing features
 _DISTANCE_BLOCK = 1 << 25  # distances per block in the neighbour search (128 MiB)
 
 
@@ -37,9 +37,11 @@ class TrainHistory:
 
 def train_tokenizer(x: torch.Tensor, labels: torch.Tensor | None, config: IndexConfig,
                     generator: torch.Generator, progress: bool = True,
-                    ) -> tuple[SemanticTokenizer, list[float]]:
+                    encoder: Backbone | None = None) -> tuple[SemanticTokenizer, list[float]]:
     """Fit a tokenizer on features ``x`` (n, d) and integer ``labels`` (n,) or None.
 
+    With an ``encoder`` (end-to-end mode) ``x`` holds pixels and the encoder is
+    fine-tuned too, at ``config.backbone_lr_scale`` times the learning rate.
     L is shrunk to ``n`` when the training set has fewer than L items: k-means
     cannot place more centroids than there are points.
     """
@@ -49,7 +51,8 @@ def train_tokenizer(x: torch.Tensor, labels: torch.Tensor | None, config: IndexC
         log.warning("only %d training items: codebook size L shrunk from %d to %d",
                     len(x), tc.codebook_size, size)
     num_classes = None if labels is None else int(labels.max()) + 1
-    tokenizer = SemanticTokenizer(x.shape[1], tc, num_classes, size).to(x.device)
+    input_dim = x.shape[1] if encoder is None else encoder.feature_dim
+    tokenizer = SemanticTokenizer(input_dim, tc, num_classes, size, encoder).to(x.device)
     if labels is None:  # plain residual quantization of the input
         tokenizer.quantizer.fit(x, tc.kmeans_iters, generator)
         return tokenizer, []
@@ -66,9 +69,11 @@ def train_tokenizer(x: torch.Tensor, labels: torch.Tensor | None, config: IndexC
         if epoch % tc.refit_every == 0:
             tokenizer.quantizer.fit(_features(tokenizer, x), tc.kmeans_iters, generator)
         tokenizer.train()
-        losses = [_step(tokenizer.loss(x[idx], labels[idx], tc.lambda1, tc.lambda2),
-                        optimizer, schedule)
-                  for idx in _batches(len(x), tc.batch_size, generator, x.device)]
+        losses = []
+        for idx in _batches(len(x), tc.batch_size, generator, x.device):
+            with _autocast(x.device):
+                loss = tokenizer.loss(x[idx], labels[idx], tc.lambda1, tc.lambda2)
+            losses.append(_step(loss, optimizer, schedule))
         history.append(sum(losses) / len(losses))
         bar.set_postfix(loss=f"{history[-1]:.4f}")
     tokenizer.quantizer.fit(_features(tokenizer, x), tc.kmeans_iters, generator)
@@ -93,7 +98,8 @@ def train_decoder(decoder: Decoder, x: torch.Tensor, codes: torch.Tensor,
         target = codes[partners.sample(generator)]
         losses = []
         for idx in _batches(len(x), dc.batch_size, generator, x.device):
-            _, loss = decoder(x[idx], target[idx, :-1], target[idx])
+            with _autocast(x.device):
+                _, loss = decoder(x[idx], target[idx, :-1], target[idx])
             losses.append(_step(loss, optimizer, schedule))
         history.append(sum(losses) / len(losses))
         bar.set_postfix(loss=f"{history[-1]:.4f}")
@@ -151,17 +157,29 @@ def _nearest_neighbors(x: torch.Tensor, k: int) -> torch.Tensor:
 @torch.no_grad()
 def _features(tokenizer: SemanticTokenizer, x: torch.Tensor) -> torch.Tensor:
     tokenizer.eval()
-    return torch.cat([tokenizer.features(chunk) for chunk in x.split(_CHUNK)])
+    with _autocast(x.device):
+        return torch.cat([tokenizer.features(chunk).float() for chunk in x.split(chunk_size(x))])
 
 
 def _optimizer(model: nn.Module, lr: float, config: IndexConfig, n: int, batch_size: int,
                epochs: int, warmup_epochs: int):
-    """AdamW (decay on matrices only, as nanoGPT) with warm-up + cosine decay per step."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=config.betas)
+    """AdamW (decay on matrices only, as nanoGPT) with warm-up + cosine decay per step.
+
+    A backbone inside ``model`` (end-to-end mode) learns at
+    ``config.backbone_lr_scale`` times ``lr`` (paper appendix A: 1/100).
+    """
+    in_backbone = {id(p) for m in model.modules() if isinstance(m, Backbone)
+                   for p in m.parameters()}
+    groups = []
+    for scale in (1.0, config.backbone_lr_scale):
+        params = [p for p in model.parameters() if p.requires_grad
+                  and (id(p) in in_backbone) == (scale != 1.0)]
+        groups += [{"params": [p for p in params if p.dim() >= 2], "lr": lr * scale,
+                    "weight_decay": config.weight_decay},
+                   {"params": [p for p in params if p.dim() < 2], "lr": lr * scale,
+                    "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr,
+                                  betas=config.betas)
     steps_per_epoch = math.ceil(n / batch_size)
     total, warmup = epochs * steps_per_epoch, warmup_epochs * steps_per_epoch
 
@@ -172,6 +190,12 @@ def _optimizer(model: nn.Module, lr: float, config: IndexConfig, n: int, batch_s
         return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _autocast(device: torch.device):
+    """bfloat16 mixed precision on CUDA; full precision elsewhere."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                          enabled=device.type == "cuda")
 
 
 def _step(loss: torch.Tensor, optimizer, schedule) -> float:

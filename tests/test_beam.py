@@ -40,7 +40,7 @@ def test_wide_beam_equals_exhaustive_scoring(levels, vocab, n, seed):
     codes = rng.integers(0, vocab, (n, levels))
     trie = Trie(codes, np.arange(n), vocab)
     torch.manual_seed(seed)
-    decoder = Decoder(CONFIG, vocab, levels, input_dim=4).eval()
+    decoder = Decoder(CONFIG, vocab, levels, memory=4).eval()
     x = torch.randn(3, 4)
     with torch.no_grad():
         ids, scores = exhaustive(decoder, x, codes)
@@ -58,7 +58,7 @@ def test_narrow_beam_returns_valid_leaves_in_score_order():
     rng = np.random.default_rng(1)
     codes = rng.integers(0, 6, (200, 3))
     trie = Trie(codes, np.arange(200), 6)
-    decoder = Decoder(CONFIG, 6, 3, input_dim=4).eval()
+    decoder = Decoder(CONFIG, 6, 3, memory=4).eval()
     x = torch.randn(5, 4)
     _, scores = exhaustive(decoder, x, codes)
     beams = beam_search(decoder, x, trie, beam_size=4)
@@ -76,7 +76,7 @@ def test_narrow_beam_returns_valid_leaves_in_score_order():
 @torch.no_grad()
 def test_fewer_leaves_than_beams_pads_with_minus_one():
     trie = Trie(np.array([[0, 1], [2, 2]]), np.array([7, 9]), vocab_size=3)
-    decoder = Decoder(CONFIG, 3, 2, input_dim=4).eval()
+    decoder = Decoder(CONFIG, 3, 2, memory=4).eval()
     beams = beam_search(decoder, torch.randn(2, 4), trie, beam_size=5)
     assert (beams.leaves[:, :2] >= 0).all() and (beams.leaves[:, 2:] == -1).all()
     assert torch.isinf(beams.scores[:, 2:]).all()

@@ -12,7 +12,7 @@ CONFIG = DecoderConfig(n_layer=2, n_head=2, n_embd=16, n_memory=3, dropout=0.0)
 
 def make_decoder(vocab=7, levels=4, d=5, seed=0) -> Decoder:
     torch.manual_seed(seed)
-    return Decoder(CONFIG, vocab_size=vocab, num_levels=levels, input_dim=d).eval()
+    return Decoder(CONFIG, vocab_size=vocab, num_levels=levels, memory=d).eval()
 
 
 def test_forward_shapes_and_loss():

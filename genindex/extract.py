@@ -1,0 +1,48 @@
+"""Images to model inputs: cached global features, or pixels for end-to-end mode."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .backbones import Backbone
+from .cache import FeatureCache
+from .images import image_refs, pixel_batches
+
+_SHARD = 1024  # images per cache shard: an interruption loses at most this many
+
+
+@torch.inference_mode()
+def extract_features(backbone: Backbone, images, *, cache: FeatureCache | None,
+                     device: torch.device, batch_size: int = 64,
+                     progress: bool = True) -> np.ndarray:
+    """Global features (n, feature_dim) float32 of ``images``, through ``cache``."""
+    refs = image_refs(images)
+    out = np.empty((len(refs), backbone.feature_dim), np.float32)
+    cached = cache.get([ref.key for ref in refs]) if cache is not None else [None] * len(refs)
+    missing = [i for i, feature in enumerate(cached) if feature is None]
+    for i, feature in enumerate(cached):
+        if feature is not None:
+            out[i] = feature
+    backbone.eval()
+    pending: list[int] = []
+    for start, pixels in pixel_batches([refs[i] for i in missing], backbone.preprocess,
+                                       batch_size, progress, desc="features"):
+        rows = missing[start:start + len(pixels)]
+        out[rows] = backbone(pixels.to(device)).global_feature.float().cpu().numpy()
+        pending.extend(rows)
+        if cache is not None and (len(pending) >= _SHARD or rows[-1] == missing[-1]):
+            cache.put([refs[i].key for i in pending], out[pending])
+            pending = []
+    if not np.isfinite(out).all():
+        raise ValueError("the backbone produced NaN or Inf features")
+    return out
+
+
+def load_pixels(backbone: Backbone, images, *, batch_size: int = 256,
+                progress: bool = True) -> torch.Tensor:
+    """Preprocessed uint8 pixels (n, 3, S, S) of ``images`` for end-to-end mode."""
+    refs = image_refs(images)
+    batches = [pixels for _, pixels in pixel_batches(refs, backbone.preprocess, batch_size,
+                                                     progress, desc="images")]
+    return torch.cat(batches)

@@ -1,0 +1,168 @@
+"""Image inputs in every form the index takes, and batched feature extraction.
+
+Accepted wherever the index takes data: a file path, a folder (its images,
+sorted, recursively), a PIL image, a ``uint8`` ``H x W x C`` array, a
+``C x H x W`` tensor (uint8, or float in [0, 1]), or a list of any of these; a
+4-D array or tensor is a batch. Transparent images are composited on white.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One image: a stable key for the feature cache and a way to load it."""
+
+    key: str
+    load: Callable[[], Any]  # -> RGB PIL image
+    name: str  # for error messages
+
+
+def looks_like_images(x: Any) -> bool:
+    """Images are paths, folders, PIL images, 3-D or 4-D arrays and tensors, and lists
+    of these; anything else (a 2-D array above all) is a batch of feature vectors."""
+    if isinstance(x, (str, os.PathLike)) or _is_pil(x):
+        return True
+    if isinstance(x, (list, tuple)):
+        return bool(x) and (isinstance(x[0], (str, os.PathLike)) or _is_pil(x[0])
+                            or getattr(x[0], "ndim", 0) == 3)
+    return isinstance(x, (np.ndarray, torch.Tensor)) and x.ndim in (3, 4)
+
+
+def image_refs(images: Any) -> list[ImageRef]:
+    """Every image in ``images`` (see the module doc), in order."""
+    if isinstance(images, (str, os.PathLike)):
+        path = Path(images)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise ValueError(f"the folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            return [_file_ref(p) for p in files]
+        return [_file_ref(path)]
+    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+        if len(images) == 0:
+            raise ValueError("images is empty: expected at least one image")
+        return [_array_ref(images[i], f"images[{i}]") for i in range(len(images))]
+    if isinstance(images, (list, tuple)):
+        refs = []
+        for i, item in enumerate(images):
+            if isinstance(item, (str, os.PathLike)):
+                if Path(item).is_dir():
+                    raise ValueError(f"images[{i}] is a folder: pass it alone, not in a list")
+                refs.append(_file_ref(Path(item)))
+            else:
+                refs.append(_single_ref(item, f"images[{i}]"))
+        if not refs:
+            raise ValueError("images is empty: expected at least one image")
+        return refs
+    return [_single_ref(images, "image")]
+
+
+def to_rgb(image) -> Any:
+    """An RGB PIL image; transparency is composited on white."""
+    from PIL import Image
+
+    if image.mode in ("RGBA", "LA", "P", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        canvas.alpha_composite(rgba)
+        return canvas.convert("RGB")
+    return image.convert("RGB")
+
+
+def pixel_batches(refs: Sequence[ImageRef], preprocess: Callable[[Any], torch.Tensor],
+                  batch_size: int, progress: bool, desc: str = "images"
+                  ) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(start, uint8 pixels (B, 3, S, S))`` for consecutive batches of ``refs``."""
+    bar = tqdm(total=len(refs), desc=desc, unit="img", disable=not progress, leave=False)
+    try:
+        for start in range(0, len(refs), batch_size):
+            chunk = refs[start:start + batch_size]
+            yield start, torch.stack([preprocess(_load(ref)) for ref in chunk])
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+
+
+def _load(ref: ImageRef):
+    try:
+        return to_rgb(ref.load())
+    except (OSError, ValueError, SyntaxError) as error:  # PIL reports bad files so
+        raise ValueError(f"cannot decode image {ref.name}: {error}") from None
+
+
+def _file_ref(path: Path) -> ImageRef:
+    try:
+        stat = path.stat()
+    except OSError as error:
+        raise ValueError(f"cannot read image {path}: {error.strerror}") from None
+    if not path.is_file():
+        raise ValueError(f"{path} is not an image file")
+    resolved = path.resolve()
+    key = f"file:{resolved}|{stat.st_size}|{stat.st_mtime_ns}"
+
+    def load():
+        from PIL import Image
+
+        with Image.open(resolved) as image:
+            image.load()
+            return image
+
+    return ImageRef(key, load, str(path))
+
+
+def _single_ref(item: Any, name: str) -> ImageRef:
+    if _is_pil(item):
+        image = item.copy()
+        digest = hashlib.sha256(image.mode.encode() + str(image.size).encode()
+                                + image.tobytes()).hexdigest()
+        return ImageRef(f"sha256:{digest}", lambda: image, name)
+    if isinstance(item, (np.ndarray, torch.Tensor)):
+        return _array_ref(item, name)
+    raise TypeError(f"{name} is a {type(item).__name__}: expected a path, a PIL image, "
+                    "a uint8 HxWxC array or a CxHxW tensor")
+
+
+def _array_ref(array: Any, name: str) -> ImageRef:
+    """A uint8 H x W x C array or a C x H x W tensor (uint8, or float in [0, 1])."""
+    from PIL import Image
+
+    if isinstance(array, torch.Tensor):
+        tensor = array.detach().cpu()
+        if tensor.ndim != 3 or tensor.shape[0] not in (1, 3, 4):
+            raise ValueError(f"{name}: a tensor image must be C x H x W with C in 1, 3, 4; "
+                             f"got shape {tuple(tensor.shape)}")
+        if tensor.is_floating_point():
+            if not torch.isfinite(tensor).all() or tensor.min() < 0 or tensor.max() > 1:
+                raise ValueError(f"{name}: a float tensor image must hold values in [0, 1]")
+            tensor = (tensor * 255).round().to(torch.uint8)
+        array = tensor.permute(1, 2, 0).numpy()
+    array = np.asarray(array)
+    if array.dtype != np.uint8:
+        raise TypeError(f"{name}: an array image must be uint8 H x W x C, got dtype {array.dtype}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise ValueError(f"{name}: an array image must be H x W x C with C in 1, 3, 4; "
+                         f"got shape {array.shape}")
+    array = np.ascontiguousarray(array).copy()
+    digest = hashlib.sha256(str(array.shape).encode() + array.tobytes()).hexdigest()
+    return ImageRef(f"sha256:{digest}", lambda: Image.fromarray(array), name)
+
+
+def _is_pil(x: Any) -> bool:
+    return type(x).__module__.startswith("PIL.") and hasattr(x, "convert")
+
