@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from . import checks
 from .backbones import Backbone
 from .cache import FeatureCache
-from .images import image_refs, pixel_batches
+from .images import image_refs, looks_like_images, pixel_batches
 
 _SHARD = 1024  # images per cache shard: an interruption loses at most this many
 
@@ -46,3 +47,32 @@ def load_pixels(backbone: Backbone, images, *, batch_size: int = 256,
     batches = [pixels for _, pixels in pixel_batches(refs, backbone.preprocess, batch_size,
                                                      progress, desc="images")]
     return torch.cat(batches)
+
+
+def open_cache(backbone: Backbone, cache_dir) -> FeatureCache | None:
+    """The feature cache of ``backbone``: None for ``cache_dir=False``, the default
+    folder for None or True, else under ``cache_dir``."""
+    if cache_dir is False:
+        return None
+    return FeatureCache(backbone.cache_key(), None if cache_dir in (None, True) else cache_dir)
+
+
+def model_inputs(x, *, d: int, backbone: Backbone | None, pixels: bool,
+                 cache: FeatureCache | None, device: torch.device,
+                 progress: bool) -> tuple[torch.Tensor, np.ndarray | None]:
+    """``(tensor, vectors)``: what a model takes, and the feature vectors where known.
+
+    Images become cached global features, or uint8 pixels when ``pixels`` (end
+    to end; vectors are then None); vectors of dimension d pass through.
+    """
+    if backbone is not None and looks_like_images(x):
+        if pixels:
+            return load_pixels(backbone, x, progress=progress).to(device), None
+        vectors = extract_features(backbone, x, cache=cache, device=device, progress=progress)
+        return torch.from_numpy(vectors).to(device), vectors
+    if pixels:
+        raise ValueError("this model is end to end: it reads images (paths, PIL images, "
+                         "arrays), not feature vectors")
+    vectors = checks.as_vectors(x, d)
+    tensor = torch.from_numpy(vectors if vectors.flags.writeable else vectors.copy())
+    return tensor.to(device), vectors

@@ -28,8 +28,7 @@ from .beam import beam_search, top_items
 from .cache import FeatureCache
 from .config import IndexConfig
 from .decoder import Decoder
-from .extract import extract_features, load_pixels
-from .images import looks_like_images
+from .extract import model_inputs, open_cache
 from .models import build_models, embed, train_models
 from .persist import IndexFormatError, read_folder, write_folder
 from .store import VectorStore
@@ -305,26 +304,11 @@ class GenerativeIndex:
     # --------------------------------------------------------------- private
     def _inputs(self, x: Any, progress: bool) -> _Inputs:
         """Images or vectors in, what the models take out (see _Inputs)."""
-        if self.backbone is not None and looks_like_images(x):
-            if self.end_to_end:
-                pixels = load_pixels(self.backbone, x, progress=progress)
-                return _Inputs(pixels.to(self.device), None)
-            vectors = extract_features(self.backbone, x, cache=self._feature_cache(),
-                                       device=self.device, progress=progress)
-            return _Inputs(_tensor(vectors, self.device), vectors)
-        if self.end_to_end:
-            raise ValueError("this index is end to end: it reads images (paths, PIL images, "
-                             "arrays), not feature vectors")
-        vectors = checks.as_vectors(x, self.d)
-        return _Inputs(_tensor(vectors, self.device), vectors)
-
-    def _feature_cache(self) -> FeatureCache | None:
-        if self.cache_dir is False:
-            return None
-        if self._cache is None:
-            root = None if self.cache_dir in (None, True) else self.cache_dir
-            self._cache = FeatureCache(self.backbone.cache_key(), root)
-        return self._cache
+        if self._cache is None and self.backbone is not None:
+            self._cache = open_cache(self.backbone, self.cache_dir)
+        return _Inputs(*model_inputs(x, d=self.d, backbone=self.backbone,
+                                     pixels=self.end_to_end, cache=self._cache,
+                                     device=self.device, progress=progress))
 
     def _train(self, inputs: _Inputs, labels: Any, progress: bool) -> TrainHistory:
         n = len(inputs.tensor)
@@ -388,11 +372,6 @@ def _saved_backbone(spec: dict | None, config: IndexConfig, tokenizer: SemanticT
     if weights:
         backbone.load_state_dict(weights, strict=True)
     return backbone.eval()
-
-
-def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A tensor on ``device`` that shares a writable array's memory on the CPU."""
-    return torch.from_numpy(array if array.flags.writeable else array.copy()).to(device)
 
 
 def _dim_of(x: Any) -> int:

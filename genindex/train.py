@@ -13,6 +13,7 @@ import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -56,10 +57,10 @@ def train_tokenizer(x: torch.Tensor, labels: torch.Tensor | None, config: IndexC
     if labels is None:  # plain residual quantization of the input
         tokenizer.quantizer.fit(x, tc.kmeans_iters, generator)
         return tokenizer, []
-    optimizer, schedule = _optimizer(tokenizer, tc.lr, config, len(x), tc.batch_size,
+    optimizer, schedule = make_optimizer(tokenizer, tc.lr, config, len(x), tc.batch_size,
                                      tc.epochs, tc.warmup_epochs)
     history: list[float] = []
-    bar = _epochs(tc.epochs, "tokenizer", progress)
+    bar = epoch_bar(tc.epochs, "tokenizer", progress)
     for epoch in bar:
         # Alternating optimisation (paper 3.1): the codebooks are refit by
         # k-means on the current features, then the head is trained against
@@ -70,10 +71,10 @@ def train_tokenizer(x: torch.Tensor, labels: torch.Tensor | None, config: IndexC
             tokenizer.quantizer.fit(_features(tokenizer, x), tc.kmeans_iters, generator)
         tokenizer.train()
         losses = []
-        for idx in _batches(len(x), tc.batch_size, generator, x.device):
-            with _autocast(x.device):
+        for idx in batches(len(x), tc.batch_size, generator, x.device):
+            with autocast(x.device):
                 loss = tokenizer.loss(x[idx], labels[idx], tc.lambda1, tc.lambda2)
-            losses.append(_step(loss, optimizer, schedule))
+            losses.append(step(loss, optimizer, schedule))
         history.append(sum(losses) / len(losses))
         bar.set_postfix(loss=f"{history[-1]:.4f}")
     tokenizer.quantizer.fit(_features(tokenizer, x), tc.kmeans_iters, generator)
@@ -89,18 +90,18 @@ def train_decoder(decoder: Decoder, x: torch.Tensor, codes: torch.Tensor,
     Each epoch ``partners`` draws one partner per item.
     """
     dc: DecoderConfig = config.decoder
-    optimizer, schedule = _optimizer(decoder, dc.lr, config, len(x), dc.batch_size,
+    optimizer, schedule = make_optimizer(decoder, dc.lr, config, len(x), dc.batch_size,
                                      dc.epochs, dc.warmup_epochs)
     history: list[float] = []
-    bar = _epochs(dc.epochs, "decoder", progress)
+    bar = epoch_bar(dc.epochs, "decoder", progress)
     for _ in bar:
         decoder.train()
         target = codes[partners.sample(generator)]
         losses = []
-        for idx in _batches(len(x), dc.batch_size, generator, x.device):
-            with _autocast(x.device):
+        for idx in batches(len(x), dc.batch_size, generator, x.device):
+            with autocast(x.device):
                 _, loss = decoder(x[idx], target[idx, :-1], target[idx])
-            losses.append(_step(loss, optimizer, schedule))
+            losses.append(step(loss, optimizer, schedule))
         history.append(sum(losses) / len(losses))
         bar.set_postfix(loss=f"{history[-1]:.4f}")
     decoder.eval()
@@ -157,12 +158,18 @@ def _nearest_neighbors(x: torch.Tensor, k: int) -> torch.Tensor:
 @torch.no_grad()
 def _features(tokenizer: SemanticTokenizer, x: torch.Tensor) -> torch.Tensor:
     tokenizer.eval()
-    with _autocast(x.device):
+    with autocast(x.device):
         return torch.cat([tokenizer.features(chunk).float() for chunk in x.split(chunk_size(x))])
 
 
-def _optimizer(model: nn.Module, lr: float, config: IndexConfig, n: int, batch_size: int,
-               epochs: int, warmup_epochs: int):
+class OptimizerSettings(Protocol):
+    weight_decay: float
+    betas: tuple[float, float]
+    backbone_lr_scale: float
+
+
+def make_optimizer(model: nn.Module, lr: float, config: OptimizerSettings, n: int,
+                   batch_size: int, epochs: int, warmup_epochs: int):
     """AdamW (decay on matrices only, as nanoGPT) with warm-up + cosine decay per step.
 
     A backbone inside ``model`` (end-to-end mode) learns at
@@ -192,13 +199,13 @@ def _optimizer(model: nn.Module, lr: float, config: IndexConfig, n: int, batch_s
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _autocast(device: torch.device):
+def autocast(device: torch.device):
     """bfloat16 mixed precision on CUDA; full precision elsewhere."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
                           enabled=device.type == "cuda")
 
 
-def _step(loss: torch.Tensor, optimizer, schedule) -> float:
+def step(loss: torch.Tensor, optimizer, schedule) -> float:
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -206,12 +213,12 @@ def _step(loss: torch.Tensor, optimizer, schedule) -> float:
     return float(loss.detach())
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator,
+def batches(n: int, batch_size: int, generator: torch.Generator,
              device: torch.device) -> Iterator[torch.Tensor]:
     order = torch.randperm(n, generator=generator).to(device)
     yield from order.split(batch_size)
 
 
-def _epochs(epochs: int, name: str, progress: bool):
+def epoch_bar(epochs: int, name: str, progress: bool):
     return tqdm(range(epochs), desc=f"train {name}", unit="epoch", disable=not progress,
                 leave=False)

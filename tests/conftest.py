@@ -1,7 +1,8 @@
-"""Shared fixtures: a small clustered data set and a tiny trained index."""
+"""Shared fixtures: small data sets, a tiny trained index, a tiny open_clip ViT."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -13,7 +14,13 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 from genindex import GenerativeIndex  # noqa: E402
 
-from .helpers import TINY, clustered  # noqa: E402
+from .helpers import TINY, TINY_VIT, TINY_VIT_CONFIG, clustered, write_images  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _feature_cache_in_tmp(tmp_path_factory):
+    """No test writes the user's cache folder."""
+    os.environ["GENINDEX_CACHE"] = str(tmp_path_factory.mktemp("genindex-cache"))
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +33,23 @@ def trained(data) -> GenerativeIndex:
     """A tiny index fitted on ``data`` (do not mutate: copy it with save/load)."""
     x, labels = data
     return GenerativeIndex.fit(x, labels, TINY, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(tmp_path_factory):
+    """A randomly initialised open_clip ViT registered under a custom config name."""
+    open_clip = pytest.importorskip("open_clip")
+    folder = tmp_path_factory.mktemp("open_clip_configs")
+    (folder / f"{TINY_VIT}.json").write_text(json.dumps(TINY_VIT_CONFIG))
+    open_clip.add_model_config(folder)
+    from genindex.backbones import OpenClipBackbone
+
+    torch.manual_seed(0)
+    return OpenClipBackbone(TINY_VIT, pretrained=None)
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory):
+    """50 small PNG files, 5 classes: (paths, labels)."""
+    pytest.importorskip("PIL")
+    return write_images(tmp_path_factory.mktemp("images"))

@@ -1,0 +1,118 @@
+"""The FT baseline: a backbone fine-tuned for classification, searched by linear scan.
+
+The paper compares IRGen with "FT-CLIP": CLIP fine-tuned on the target data
+set, whose features are then searched exhaustively or with an ANN index.
+:func:`finetune` trains the same kind of model on the same backbone and
+labels as an index: a linear head over the global feature with the cosine
+classifier and CosFace margin of the tokenizer, on frozen features (fast,
+the CPU default) or with the backbone itself fine-tuned at
+``backbone_lr_scale`` times the learning rate (``full=True``, for a GPU). Its
+:meth:`FineTuned.embed` exports L2-normalised features for linear scan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import checks
+from .backbones import Backbone, get_backbone
+from .cache import FeatureCache
+from .extract import model_inputs, open_cache
+from .tokenizer import CosineClassifier
+from .train import autocast, batches, epoch_bar, make_optimizer, step
+
+
+@dataclass(frozen=True)
+class FineTuneConfig:
+    dim: int = 512  # width of the exported feature
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    scale: float = 16.0
+    margin: float = 0.2
+    full: bool = False  # fine-tune the backbone too (images only)
+    backbone_lr_scale: float = 0.01
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.96)
+    seed: int = 0
+
+
+class FineTuned(nn.Module):
+    """(Backbone +) linear head; ``embed`` gives the features to search."""
+
+    def __init__(self, input_dim: int, config: FineTuneConfig, num_classes: int,
+                 backbone: Backbone | None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Sequential(nn.LayerNorm(input_dim), nn.Linear(input_dim, config.dim))
+        self.classifier = CosineClassifier(config.dim, num_classes, config.scale, config.margin)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backbone is not None:
+            x = self.backbone(x).global_feature.float()
+        return F.normalize(self.head(x), dim=-1)
+
+
+class FineTunedFeatures:
+    """A fine-tuned model with the input handling of an index."""
+
+    def __init__(self, model: FineTuned, backbone: Backbone | None, d: int,
+                 device: torch.device, cache: FeatureCache | None, history: list[float]) -> None:
+        self.model, self.backbone, self.d = model, backbone, d
+        self.device, self.cache = device, cache
+        self.history = history  # mean training loss of every epoch
+
+    @torch.inference_mode()
+    def embed(self, x: Any, *, progress: bool = False) -> np.ndarray:
+        """L2-normalised features (n, dim) float32 of images or backbone features."""
+        inputs, _ = model_inputs(x, d=self.d, backbone=self.backbone,
+                                 pixels=self.model.backbone is not None, cache=self.cache,
+                                 device=self.device, progress=progress)
+        self.model.eval()
+        return torch.cat([self.model(chunk).float() for chunk in inputs.split(256)]
+                         ).cpu().numpy()
+
+
+def finetune(x: Any, labels: Any, *, backbone: str | Backbone | None = None,
+             config: FineTuneConfig = FineTuneConfig(), device: str = "cpu",
+             cache_dir: Any = None, progress: bool = True) -> FineTunedFeatures:
+    """Train the FT baseline on ``x`` (images with a backbone, else vectors)."""
+    device_t = torch.device(device)
+    backbone_m = None if backbone is None else get_backbone(backbone).to(device_t)
+    if config.full and backbone_m is None:
+        raise ValueError("full=True fine-tunes a backbone: pass backbone=")
+    cache = None if backbone_m is None else open_cache(backbone_m, cache_dir)
+    d = backbone_m.feature_dim if backbone_m is not None else _width(x)
+    inputs, _ = model_inputs(x, d=d, backbone=backbone_m, pixels=config.full, cache=cache,
+                             device=device_t, progress=progress)
+    y = torch.from_numpy(checks.as_labels(labels, len(inputs))).to(device_t)
+    generator = torch.Generator().manual_seed(config.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        trainable = backbone_m if config.full else None
+        model = FineTuned(d, config, int(y.max()) + 1, trainable).to(device_t)
+        optimizer, schedule = make_optimizer(model, config.lr, config, len(inputs),
+                                             config.batch_size, config.epochs, 1)
+        history = []
+        for _ in epoch_bar(config.epochs, "FT baseline", progress):
+            model.train()
+            losses = []
+            for idx in batches(len(inputs), config.batch_size, generator, device_t):
+                with autocast(device_t):
+                    loss = model.classifier.loss(model(inputs[idx]), y[idx])
+                losses.append(step(loss, optimizer, schedule))
+            history.append(sum(losses) / len(losses))
+    return FineTunedFeatures(model.eval(), backbone_m, d, device_t, cache, history)
+
+
+def _width(x: Any) -> int:
+    shape = np.shape(x)
+    if len(shape) != 2:
+        raise ValueError(f"x must be images or a 2-D array of features, got shape {shape}")
+    return int(shape[1])

