@@ -12,6 +12,7 @@ the CPU default) or with the backbone itself fine-tuned at
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,7 +96,7 @@ def finetune(x: Any, labels: Any, *, backbone: str | Backbone | None = None,
     generator = torch.Generator().manual_seed(config.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        trainable = backbone_m if config.full else None
+        trainable = copy.deepcopy(backbone_m).train() if config.full else None
         model = FineTuned(d, config, int(y.max()) + 1, trainable).to(device_t)
         optimizer, schedule = make_optimizer(model, config.lr, config, len(inputs),
                                              config.batch_size, config.epochs, 1)

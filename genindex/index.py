@@ -108,14 +108,14 @@ class GenerativeIndex:
             progress: bool = True) -> GenerativeIndex:
         """Train on ``x`` with optional class ``labels``, then add ``x`` (ids 0..n-1).
 
-        ``x``: vectors (n, d), or images with a ``backbone``.
+        ``x``: vectors (n, d), or images with a ``backbone``. ``device``: where
+        to train and search (default: CUDA when present, else the CPU).
         """
         if backbone is None:
             x = checks.as_vectors(x, _dim_of(x))
         index = cls(None if backbone else x.shape[1], config, backbone=backbone,
                     cache_dir=cache_dir)
-        if device is not None:
-            index.to(device)
+        index.to(device or default_device())
         inputs = index._inputs(x, progress)
         index._train(inputs, labels, progress)
         with index._lock:
@@ -285,9 +285,12 @@ class GenerativeIndex:
         write_folder(path, body, tensors, arrays)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu",
+    def load(cls, path: str | os.PathLike, *, device: str | torch.device | None = None,
              cache_dir: str | os.PathLike | bool | None = None) -> GenerativeIndex:
-        """Read an index written by :meth:`save`; never unpickles anything."""
+        """Read an index written by :meth:`save`; never unpickles anything.
+
+        ``device``: where to search (default: CUDA when present, else the CPU).
+        """
         body, tensors, arrays = read_folder(path)
         try:
             config = IndexConfig.from_dict(body["config"])
@@ -299,7 +302,7 @@ class GenerativeIndex:
             raise
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             raise IndexFormatError(f"{path} does not hold a consistent index: {error}") from None
-        return index.to(device)
+        return index.to(device or default_device())
 
     # --------------------------------------------------------------- private
     def _inputs(self, x: Any, progress: bool) -> _Inputs:
@@ -372,6 +375,11 @@ def _saved_backbone(spec: dict | None, config: IndexConfig, tokenizer: SemanticT
     if weights:
         backbone.load_state_dict(weights, strict=True)
     return backbone.eval()
+
+
+def default_device() -> torch.device:
+    """CUDA when present, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _dim_of(x: Any) -> int:

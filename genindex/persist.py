@@ -84,7 +84,8 @@ def read_folder(path: str | os.PathLike
     if _digest_json(body) != digest:
         raise IndexFormatError(f"{manifest_path} is damaged or was edited: checksum mismatch")
     if body.get("format") != FORMAT_NAME:
-        raise IndexFormatError(f"{folder} holds format {body.get('format')!r}, not a genindex index")
+        raise IndexFormatError(f"{folder} holds format {body.get('format')!r}, "
+                               "not a genindex index")
     version = body.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise IndexFormatError(f"{folder} was written in format version {version}; this "

@@ -57,10 +57,11 @@ def train_tokenizer(x: torch.Tensor, labels: torch.Tensor | None, config: IndexC
     if labels is None:  # plain residual quantization of the input
         tokenizer.quantizer.fit(x, tc.kmeans_iters, generator)
         return tokenizer, []
+    epochs = num_epochs(tc.epochs, tc.min_steps, len(x), tc.batch_size)
     optimizer, schedule = make_optimizer(tokenizer, tc.lr, config, len(x), tc.batch_size,
-                                     tc.epochs, tc.warmup_epochs)
+                                         epochs, tc.warmup_epochs)
     history: list[float] = []
-    bar = epoch_bar(tc.epochs, "tokenizer", progress)
+    bar = epoch_bar(epochs, "tokenizer", progress)
     for epoch in bar:
         # Alternating optimisation (paper 3.1): the codebooks are refit by
         # k-means on the current features, then the head is trained against
@@ -90,10 +91,11 @@ def train_decoder(decoder: Decoder, x: torch.Tensor, codes: torch.Tensor,
     Each epoch ``partners`` draws one partner per item.
     """
     dc: DecoderConfig = config.decoder
+    epochs = num_epochs(dc.epochs, dc.min_steps, len(x), dc.batch_size)
     optimizer, schedule = make_optimizer(decoder, dc.lr, config, len(x), dc.batch_size,
-                                     dc.epochs, dc.warmup_epochs)
+                                         epochs, dc.warmup_epochs)
     history: list[float] = []
-    bar = epoch_bar(dc.epochs, "decoder", progress)
+    bar = epoch_bar(epochs, "decoder", progress)
     for _ in bar:
         decoder.train()
         target = codes[partners.sample(generator)]
@@ -160,6 +162,11 @@ def _features(tokenizer: SemanticTokenizer, x: torch.Tensor) -> torch.Tensor:
     tokenizer.eval()
     with autocast(x.device):
         return torch.cat([tokenizer.features(chunk).float() for chunk in x.split(chunk_size(x))])
+
+
+def num_epochs(epochs: int, min_steps: int, n: int, batch_size: int) -> int:
+    """``epochs``, or more where that is fewer than ``min_steps`` optimizer steps."""
+    return max(epochs, math.ceil(min_steps / math.ceil(n / batch_size)))
 
 
 class OptimizerSettings(Protocol):

@@ -8,9 +8,9 @@ from genindex import DecoderConfig, IndexConfig, TokenizerConfig
 
 TINY = IndexConfig(
     tokenizer=TokenizerConfig(num_codebooks=3, codebook_size=16, dim=16, epochs=30,
-                              batch_size=32, kmeans_iters=5, refit_every=2),
-    decoder=DecoderConfig(n_layer=1, n_head=2, n_embd=32, epochs=30, batch_size=32,
-                          dropout=0.0),
+                              min_steps=0, batch_size=32, kmeans_iters=5, refit_every=2),
+    decoder=DecoderConfig(n_layer=1, n_head=2, n_embd=32, epochs=30, min_steps=0,
+                          batch_size=32, dropout=0.0),
 )
 
 

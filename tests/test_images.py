@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from genindex import GenerativeIndex, IndexConfig
+from genindex import GenerativeIndex
 from genindex import extract as extract_module
 from genindex.backbones import BackboneUnavailable, get_backbone
 from genindex.cache import FeatureCache
@@ -167,3 +167,26 @@ def test_open_clip_without_weights_offline_fails_fast_and_says_what_to_do(tmp_pa
     assert elapsed < 20, out.stdout
     with pytest.raises(BackboneUnavailable, match="no model"):
         get_backbone("no-such-model")
+
+
+def test_ft_baseline_on_frozen_features_and_fully_fine_tuned(tiny_vit, images):
+    from genindex.finetune import FineTuneConfig, finetune
+
+    paths, labels = images
+    config = FineTuneConfig(dim=16, epochs=15, batch_size=16, lr=5e-3)
+    head = finetune(paths, labels, backbone=tiny_vit, config=config, progress=False)
+    assert head.history[-1] < head.history[0]
+    embedded = head.embed(paths)
+    assert embedded.shape == (len(paths), 16)
+    np.testing.assert_allclose(np.linalg.norm(embedded, axis=1), 1.0, atol=1e-5)
+    # the head separates the training classes: nearest other item shares the label
+    similarity = embedded @ embedded.T - 2 * np.eye(len(paths))
+    assert (labels[similarity.argmax(axis=1)] == labels).mean() > 0.9
+    # vectors of the backbone work as inputs too
+    np.testing.assert_allclose(head.embed(features(tiny_vit, paths)), embedded, atol=1e-5)
+    full = finetune(paths[:20], labels[:20], backbone=tiny_vit,
+                    config=FineTuneConfig(dim=8, epochs=2, batch_size=10, full=True),
+                    progress=False)
+    assert full.embed(paths[:3]).shape == (3, 8)
+    tuned = dict(full.model.backbone.named_parameters())
+    assert any(not torch.equal(p, tuned[k]) for k, p in tiny_vit.named_parameters())

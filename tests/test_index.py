@@ -17,7 +17,7 @@ from .helpers import TINY
 
 def copy_of(index: GenerativeIndex, tmp_path, name: str = "copy") -> GenerativeIndex:
     index.save(tmp_path / name)
-    return GenerativeIndex.load(tmp_path / name)
+    return GenerativeIndex.load(tmp_path / name, device="cpu")
 
 
 def check_contract(index: GenerativeIndex, result: SearchResult, n: int, k: int) -> None:
@@ -54,7 +54,7 @@ def test_k_larger_than_ntotal_pads_with_minus_one(tmp_path, data):
 
 def _fit(data):
     x, labels = data
-    return GenerativeIndex.fit(x, labels, TINY, progress=False)
+    return GenerativeIndex.fit(x, labels, TINY, device="cpu", progress=False)
 
 
 def test_result_is_a_named_tuple_that_unpacks(trained, data):
@@ -249,3 +249,11 @@ def test_search_output_invariants(trained, data, k, beam, removed, rows):
         D, I = result
         assert set(I[I >= 0].tolist()) <= set(index.ids.tolist())
         assert all(len(set(r[r >= 0])) == (r >= 0).sum() for r in I)
+
+
+def test_small_data_sets_train_for_at_least_min_steps():
+    from genindex.train import num_epochs
+
+    assert num_epochs(40, 1200, n=4000, batch_size=128) == 40  # 32 steps an epoch
+    assert num_epochs(40, 1200, n=300, batch_size=128) == 400  # 3 steps an epoch
+    assert num_epochs(40, 0, n=10, batch_size=128) == 40

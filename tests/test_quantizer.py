@@ -78,7 +78,7 @@ def test_kmeans_is_seeded_and_uses_every_centroid():
 
 
 def test_codebook_shrinks_to_the_number_of_training_items(caplog):
-    config = IndexConfig(tokenizer=TokenizerConfig(codebook_size=64, epochs=1, dim=8))
+    config = IndexConfig(tokenizer=TokenizerConfig(codebook_size=64, epochs=1, min_steps=0, dim=8))
     x = torch.randn(20, 6, generator=torch.Generator().manual_seed(0))
     labels = torch.arange(20) % 4
     with caplog.at_level(logging.WARNING):

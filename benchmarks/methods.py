@@ -1,0 +1,100 @@
+"""Search methods behind one small interface, as ann-benchmarks keeps them.
+
+A method is built once on database features (build parameters in its
+constructor) and then answers queries (query parameters in ``search``); the
+runner takes the ids it returns and computes every metric itself.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+
+class Method:
+    name = "method"
+
+    def fit(self, db: np.ndarray, labels: np.ndarray, images: Any = None) -> None:
+        raise NotImplementedError
+
+    def search(self, queries: np.ndarray, k: int, images: Any = None) -> np.ndarray:
+        """Result ids (n, k) int64, -1 where there is no result."""
+        raise NotImplementedError
+
+    def nbytes(self) -> int:
+        raise NotImplementedError
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError:
+        raise RuntimeError("this method needs faiss: pip install 'genindex[bench]'") from None
+    return faiss
+
+
+def _prepare(x: np.ndarray, metric: str) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype="float32")
+    if metric == "cosine":
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x
+
+
+class Linear(Method):
+    """Exact search: Faiss flat index, cosine (inner product of unit vectors) or L2."""
+
+    name = "linear"
+
+    def __init__(self, metric: str = "l2") -> None:
+        self.metric = metric
+
+    def fit(self, db, labels, images=None):
+        faiss = _faiss()
+        x = _prepare(db, self.metric)
+        self.index = (faiss.IndexFlatIP if self.metric == "cosine" else faiss.IndexFlatL2)(
+            x.shape[1])
+        self.index.add(x)
+
+    def search(self, queries, k, images=None):
+        return self.index.search(_prepare(queries, self.metric), k)[1]
+
+    def nbytes(self):
+        return int(_faiss().serialize_index(self.index).nbytes)
+
+
+class GenIndex(Method):
+    """genindex's GenerativeIndex; reads the images through its backbone when given."""
+
+    name = "genindex"
+
+    def __init__(self, config=None, backbone=None, device: str = "cpu",
+                 beam_size: int | None = None, progress: bool = True) -> None:
+        self.config, self.backbone, self.device = config, backbone, device
+        self.beam_size, self.progress = beam_size, progress
+
+    def fit(self, db, labels, images=None):
+        from genindex import GenerativeIndex
+
+        data, backbone = (images, self.backbone) if images is not None else (db, None)
+        self.index = GenerativeIndex.fit(data, labels, self.config, backbone=backbone,
+                                         device=self.device, progress=self.progress)
+
+    def search(self, queries, k, images=None):
+        data = images if images is not None and self.backbone is not None else queries
+        return self.index.search(data, k, beam_size=self.beam_size).ids
+
+    def nbytes(self):
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory() as folder:
+            self.index.save(folder)
+            return sum(p.stat().st_size for p in Path(folder).iterdir())
+
+
+def timed(call, *args, **kwargs) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = call(*args, **kwargs)
+    return result, time.perf_counter() - start
