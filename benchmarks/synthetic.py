@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="data seed")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, ...")
     parser.add_argument("--config", type=Path, help="IndexConfig as JSON (default: defaults)")
+    parser.add_argument("--no-labels", action="store_true",
+                        help="train without labels (neighbours stand in for classes)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -62,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     config = IndexConfig.from_json(args.config.read_text()) if args.config else IndexConfig()
-    index = GenerativeIndex.fit(db, db_labels, config, device=args.device,
-                                progress=not args.quiet)
+    index = GenerativeIndex.fit(db, None if args.no_labels else db_labels, config,
+                                device=args.device, progress=not args.quiet)
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
     _, gen_ids = index.search(queries, k)
@@ -72,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = [("linear scan (exact L2)", scan_ids, 0.0, scan_seconds),
             ("GenerativeIndex", gen_ids, train_seconds, search_seconds)]
     print(f"synthetic: {NUM_CLASSES} classes, {len(db)} database items, {len(queries)} "
-          f"queries, d={DIM}, noise={NOISE}, threads={args.threads}, device={args.device}")
+          f"queries, d={DIM}, noise={NOISE}, threads={args.threads}, device={args.device}"
+          f"{', no labels' if args.no_labels else ''}")
     print(f"{'method':24s} {'P@1':>6s} {'P@8':>6s} {'R@8':>6s} {'train s':>8s} {'search s':>9s}")
     results = {}
     for name, ids, train_s, search_s in rows:
