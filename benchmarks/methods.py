@@ -2,12 +2,16 @@
 
 A method is built once on database features (build parameters in its
 constructor) and then answers queries (query parameters in ``search``); the
-runner takes the ids it returns and computes every metric itself.
+runner takes the ids it returns and computes every metric itself. Exact
+search and genindex live here, the approximate baselines in
+:mod:`benchmarks.baselines`.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -77,7 +81,8 @@ class GenIndex(Method):
     def fit(self, db, labels, images=None):
         from genindex import GenerativeIndex
 
-        data, backbone = (images, self.backbone) if images is not None else (db, None)
+        use_images = images is not None and self.backbone is not None
+        data, backbone = (images, self.backbone) if use_images else (db, None)
         self.index = GenerativeIndex.fit(data, labels, self.config, backbone=backbone,
                                          device=self.device, progress=self.progress)
 
@@ -86,9 +91,6 @@ class GenIndex(Method):
         return self.index.search(data, k, beam_size=self.beam_size).ids
 
     def nbytes(self):
-        import tempfile
-        from pathlib import Path
-
         with tempfile.TemporaryDirectory() as folder:
             self.index.save(folder)
             return sum(p.stat().st_size for p in Path(folder).iterdir())
@@ -98,3 +100,4 @@ def timed(call, *args, **kwargs) -> tuple[Any, float]:
     start = time.perf_counter()
     result = call(*args, **kwargs)
     return result, time.perf_counter() - start
+

@@ -1,12 +1,13 @@
-"""Run search methods side by side on one data set and print the paper's metrics.
+"""Run search methods side by side on one data set and print the paper's tables.
 
     python benchmarks/run.py --dataset emoji [--limit 200] [--methods linear,genindex]
+                             [--ablation ids,length,fresh]
 
 Features come from one backbone (default: EfficientNet-Lite0, which works
 offline) through genindex's feature cache, so every method sees the same
-features and a second run embeds nothing. genindex reads the images through
-the same backbone and cache. Results go to ``--out`` (default
-``results/<dataset>/``): ``results.json`` and ``tables.md``.
+features and a second run embeds nothing; genindex reads the same features.
+Results go to ``--out`` (default ``results/<dataset>/``): ``results.json``,
+``tables.md`` and PNG plots.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import datasets, metrics  # noqa: E402
+from benchmarks import datasets, metrics, report  # noqa: E402
+from benchmarks.baselines import IVFPQ, DiskANN, ScaNN, ivfpq_nlist  # noqa: E402
 from benchmarks.methods import GenIndex, Linear, timed  # noqa: E402
+from benchmarks.sweep import beam_sweep  # noqa: E402
+from genindex import IndexConfig  # noqa: E402
 from genindex.backbones import get_backbone  # noqa: E402
 from genindex.extract import extract_features, open_cache  # noqa: E402
 
@@ -32,6 +36,8 @@ K_PRECISION = {"inshop": (1, 10, 20, 30), "cub200": (1, 2, 4, 8), "cars196": (1,
 DEFAULT_K = (1, 3, 10)
 MRR_K = (1, 2, 4, 8)
 MAP_K = 100
+METHODS = ("linear", "ivfpq", "scann", "diskann", "genindex")
+ABLATIONS = ("ids", "length", "fresh")
 
 
 def parse_args(argv):
@@ -41,23 +47,41 @@ def parse_args(argv):
     parser.add_argument("--limit", type=int, help="keep only the first N classes")
     parser.add_argument("--backbone", default="efficientnet-lite0")
     parser.add_argument("--metric", choices=("l2", "cosine"),
-                        help="linear scan metric (default: cosine for CLIP, else L2)")
-    parser.add_argument("--methods", default="linear,genindex")
+                        help="exact-search metric (default: cosine for CLIP, else L2)")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help=f"comma-separated, from {','.join(METHODS)}")
+    parser.add_argument("--config", type=Path, help="genindex IndexConfig as JSON "
+                        "(end_to_end: true fine-tunes the backbone on the images, the paper)")
+    parser.add_argument("--no-ft", action="store_true",
+                        help="skip the FT baseline (the ANN methods on fine-tuned features)")
+    parser.add_argument("--beam-sizes", default="1,10,20,30",
+                        help="genindex throughput sweep (paper Fig. 5); empty to skip")
+    parser.add_argument("--ablation", default="", help=f"comma-separated, from {ABLATIONS}")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name, known in (("methods", METHODS), ("ablation", ABLATIONS)):
+        unknown = sorted(set(_split(getattr(args, name))) - set(known))
+        if unknown:
+            parser.error(f"--{name}: unknown {unknown}; known: {', '.join(known)}")
+    return args
 
 
-def make_methods(names: list[str], args, backbone, metric: str):
+def _split(text: str) -> list[str]:
+    return [part for part in text.split(",") if part]
+
+
+def make_methods(names: list[str], args, metric: str, n: int, config, backbone):
+    end_to_end = config is not None and config.end_to_end
     known = {"linear": lambda: Linear(metric),
-             "genindex": lambda: GenIndex(backbone=backbone, device=args.device,
-                                          progress=not args.quiet)}
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise SystemExit(f"unknown methods {unknown}; known: {sorted(known)}")
-    return [known[n]() for n in names]
+             "ivfpq": lambda: IVFPQ(metric, nlist=ivfpq_nlist(args.dataset, n)),
+             "scann": lambda: ScaNN(metric),
+             "diskann": lambda: DiskANN(metric),
+             "genindex": lambda: GenIndex(config, backbone=backbone if end_to_end else None,
+                                          device=args.device, progress=not args.quiet)}
+    return [known[name]() for name in names]
 
 
 def evaluate(ids: np.ndarray, data: datasets.Dataset, ks: tuple[int, ...]) -> dict[str, float]:
@@ -73,25 +97,14 @@ def evaluate(ids: np.ndarray, data: datasets.Dataset, ks: tuple[int, ...]) -> di
     return out
 
 
-def table(rows: list[dict], ks: tuple[int, ...]) -> str:
-    columns = [f"P@{k}" for k in ks] + [f"R@{k}" for k in ks] + [f"MAP@{MAP_K}"]
-    lines = ["| method | backbone | " + " | ".join(columns) + " | build s | queries/s | bytes |",
-             "|---" * (len(columns) + 5) + "|"]
-    for row in rows:
-        values = " | ".join(f"{100 * row['metrics'][c]:.1f}" for c in columns)
-        lines.append(f"| {row['method']} | {row['backbone']} | {values} | {row['build_s']:.1f} "
-                     f"| {row['qps']:.0f} | {row['bytes']:,} |")
-    return "\n".join(lines)
+def pr_curve(ids: np.ndarray, data: datasets.Dataset) -> dict[str, list[float]]:
+    hits = metrics.relevance(ids, data.db_labels, data.query_labels)
+    precision, recall = metrics.pr_curve(
+        hits, metrics.relevant_counts(data.db_labels, data.query_labels))
+    return {"precision": precision.tolist(), "recall": recall.tolist()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    data = datasets.load(args.dataset, args.data_root, args.limit)
-    backbone = get_backbone(args.backbone).to(args.device)
-    metric = args.metric or ("cosine" if backbone.spec()["kind"] == "open_clip" else "l2")
+def features(args, data, backbone):
     cache = open_cache(backbone, None)
     (db, queries), embed_s = timed(lambda: [
         extract_features(backbone, images, cache=cache, device=torch.device(args.device),
@@ -100,24 +113,99 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.dataset}: {len(db)} database items, {len(queries)} queries, "
           f"{len(np.unique(data.db_labels))} classes; {args.backbone} features in "
           f"{embed_s:.1f} s (cache: {cache.folder if cache else 'off'})", flush=True)
-    ks = K_PRECISION.get(args.dataset, DEFAULT_K)
-    rows = []
-    for method in make_methods(args.methods.split(","), args, backbone, metric):
+    return np.asarray(db, dtype="float32"), np.asarray(queries, dtype="float32")
+
+
+def run_methods(args, data, db, queries, names, metric, config, ks, backbone, label):
+    """Fit and search each method; one result row each (and genindex's index)."""
+    rows, genindex = [], None
+    for method in make_methods(names, args, metric, len(db), config, backbone):
         _, build_s = timed(method.fit, db, data.db_labels, images=data.db_images)
         ids, search_s = timed(method.search, queries, MAP_K, images=data.query_images)
-        rows.append({"method": method.name, "backbone": args.backbone,
-                     "metrics": evaluate(ids, data, ks), "qps": len(queries) / search_s,
-                     "build_s": build_s, "bytes": method.nbytes()})
-        print(f"{method.name}: built in {build_s:.1f} s, searched in {search_s:.1f} s",
-              flush=True)
-    markdown = table(rows, ks)
-    print(markdown)
+        row = {"method": method.name, "backbone": label,
+               "metrics": evaluate(ids, data, ks), "qps": len(queries) / search_s,
+               "build_s": build_s, "bytes": method.nbytes(), "pr_curve": pr_curve(ids, data)}
+        if getattr(method, "note", None):
+            row["note"] = method.note
+        rows.append(row)
+        print(f"{method.name} ({label}): built in {build_s:.1f} s, searched in {search_s:.1f} s"
+              + (f" ({row['note']})" if "note" in row else ""), flush=True)
+        if method.name == "genindex":
+            genindex = method.index
+    return rows, genindex
+
+
+def fine_tuned(args, data, db, queries):
+    """The FT baseline's features: a cosine-classifier head trained on the database."""
+    from genindex.finetune import finetune
+
+    model, seconds = timed(finetune, db, data.db_labels, device=args.device,
+                           progress=not args.quiet)
+    print(f"FT head trained in {seconds:.1f} s", flush=True)
+    return model.embed(db), model.embed(queries)
+
+
+def run_ablations(args, data, db, queries, config, ks):
+    from benchmarks import ablations
+
+    out = {}
+    for name in _split(args.ablation):
+        if name == "fresh":
+            from benchmarks import fresh
+
+            rows = fresh.fresh_rows(db, queries, np.asarray(data.db_labels),
+                                    np.asarray(data.query_labels), config or IndexConfig(),
+                                    device=args.device, progress=not args.quiet)
+            out["fresh"] = [{"variant": row["name"], "split": "all", "metrics": row["metrics"],
+                             "train_s": row["train_s"]} for row in rows]
+            continue
+        build = ablations.ids_variants if name == "ids" else ablations.length_variants
+        rows = []
+        for variant, (length, search) in build(db, data.db_labels, config,
+                                               progress=not args.quiet).items():
+            ids = search(queries, MAP_K)
+            rows.append({"variant": variant, "T": length, "metrics": evaluate(ids, data, ks)})
+            print(f"ablation {name}: {variant} (T={length}) done", flush=True)
+        out[name] = rows
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = IndexConfig.from_json(args.config.read_text()) if args.config else None
+    data = datasets.load(args.dataset, args.data_root, args.limit)
+    backbone = get_backbone(args.backbone).to(args.device)
+    metric = args.metric or ("cosine" if backbone.spec()["kind"] == "open_clip" else "l2")
+    db, queries = features(args, data, backbone)
+    ks = K_PRECISION.get(args.dataset, DEFAULT_K)
+    names = _split(args.methods)
+    rows, index = run_methods(args, data, db, queries, names, metric, config, ks, backbone,
+                              args.backbone)
+    baselines = [name for name in names if name != "genindex"]
+    if baselines and not args.no_ft:
+        db_ft, queries_ft = fine_tuned(args, data, db, queries)
+        rows += run_methods(args, data, db_ft, queries_ft, baselines, "cosine", config, ks,
+                            backbone, f"{args.backbone} FT")[0]
+    result = {"dataset": args.dataset, "database": len(db), "queries": len(queries),
+              "ks": list(ks), "metric": metric, "threads": torch.get_num_threads(),
+              "date": time.strftime("%Y-%m-%d"), "notes": data.notes, "rows": rows}
+    beams = [int(b) for b in _split(args.beam_sizes)]
+    if index is not None and beams:
+        result["beam_sweep"] = beam_sweep(index, backbone, data, queries, beams,
+                                          lambda ids: evaluate(ids, data, ks))
+    if args.ablation:
+        result["ablations"] = run_ablations(args, data, db, queries, config, ks)
     out = args.out or Path("results") / args.dataset
     out.mkdir(parents=True, exist_ok=True)
+    markdown = report.markdown(result)
+    print(markdown)
     (out / "tables.md").write_text(markdown + "\n")
-    result = {"dataset": args.dataset, "rows": rows, "queries": len(queries),
-              "database": len(db), "date": time.strftime("%Y-%m-%d"), "notes": data.notes}
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
+    for path in report.plots(result, out):
+        print(f"plot: {path}")
     return 0
 
 

@@ -5,9 +5,11 @@
 >>> D, I = index.search(xq, k=10)
 """
 
+from .checks import NotTrainedError
 from .config import DecoderConfig, IndexConfig, TokenizerConfig
 from .index import GenerativeIndex, SearchResult
 from .persist import IndexFormatError
+from .refresh import RefreshHistory
 from .train import TrainHistory
 
 __version__ = "0.1.0"
@@ -17,6 +19,8 @@ __all__ = [
     "GenerativeIndex",
     "IndexConfig",
     "IndexFormatError",
+    "NotTrainedError",
+    "RefreshHistory",
     "SearchResult",
     "TokenizerConfig",
     "TrainHistory",

@@ -11,14 +11,27 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
 _NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float: what Faiss would cast
+_INT64_MAX = np.iinfo(np.int64).max
+
+
+class NotTrainedError(RuntimeError, ValueError):
+    """The index has no model yet. A RuntimeError, as in Faiss, and a ValueError."""
+
+    def __init__(self, message: str = "the index is not trained: call index.train(x, labels) "
+                 "or build it with GenerativeIndex.fit(x, labels)") -> None:
+        super().__init__(message)
 
 
 def as_numpy(value: Any, name: str) -> np.ndarray:
     """A NumPy view of ``value`` (torch tensors are detached and moved to the CPU)."""
-    if hasattr(value, "detach") and hasattr(value, "cpu"):
-        value = value.detach().cpu().numpy()
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        if value.dtype in (torch.bfloat16, torch.float16):
+            value = value.float()  # NumPy has no bfloat16
+        value = value.numpy()
     try:
         array = np.asarray(value)
     except (TypeError, ValueError) as error:
@@ -38,7 +51,8 @@ def as_vectors(x: Any, d: int, name: str = "x") -> np.ndarray:
                          f"got shape {array.shape}")
     if array.shape[0] == 0:
         raise ValueError(f"{name} is empty: expected at least one row of shape (n, {d})")
-    out = np.ascontiguousarray(array, dtype=np.float32)
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, refused below
+        out = np.ascontiguousarray(array, dtype=np.float32)
     if not np.isfinite(out).all():
         bad = int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])
         raise ValueError(f"{name} holds NaN or Inf (first in row {bad}), "
@@ -50,6 +64,8 @@ def as_ids(ids: Any, n: int | None = None, name: str = "ids", *, distinct: bool 
            nonnegative: bool = False) -> np.ndarray:
     """``ids`` as a fresh int64 vector of integers (of length n if given)."""
     array = as_numpy(ids, name)
+    if array.dtype.kind == "b":
+        raise TypeError(f"{name} must be integers, got booleans (a mask is not a list of ids)")
     if array.ndim == 0:
         array = array.reshape(1)
     if array.ndim != 1:
@@ -59,7 +75,9 @@ def as_ids(ids: Any, n: int | None = None, name: str = "ids", *, distinct: bool 
     if array.dtype.kind == "f":
         if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
             raise TypeError(f"{name} must be integers, got non-integral {array.dtype} values")
-    if array.dtype.kind == "u" and array.size and array.max() > np.iinfo(np.int64).max:
+        if array.size and np.abs(array).max() >= 2.0 ** 63:
+            raise ValueError(f"{name} must fit in int64")
+    if array.dtype.kind == "u" and array.size and array.max() > _INT64_MAX:
         raise ValueError(f"{name} must fit in int64")
     out = np.array(array, dtype=np.int64)
     if nonnegative and out.size and out.min() < 0:
@@ -72,24 +90,31 @@ def as_ids(ids: Any, n: int | None = None, name: str = "ids", *, distinct: bool 
     return out
 
 
-def as_labels(labels: Any, n: int) -> np.ndarray:
-    """Class labels of any hashable values as int64 class indices 0..C-1, C >= 2."""
-    if hasattr(labels, "detach") and hasattr(labels, "cpu"):
+def as_labels(labels: Any, n: int, *, min_classes: int = 2,
+              per: str = "row of x") -> np.ndarray:
+    """Class labels of any comparable values as int64 class indices 0..C-1.
+
+    ``min_classes``: the fewest classes accepted (2 to train a classifier).
+    """
+    if isinstance(labels, torch.Tensor):
         labels = labels.detach().cpu().numpy()
     array = np.asarray(labels)
     if array.ndim != 1:
-        raise ValueError(f"labels must be 1-D (one label per row of x), got shape {array.shape}")
+        raise ValueError(f"labels must be 1-D (one label per {per}), got shape {array.shape}")
     if len(array) != n:
-        raise ValueError(f"labels must have one entry per row of x ({n}), got {len(array)}")
+        raise ValueError(f"labels must have one entry per {per} ({n}), got {len(array)}")
+    if array.dtype.kind == "O" and any(v is None for v in array):
+        raise TypeError("labels hold None: every item needs a label")
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise ValueError("labels hold NaN or Inf")
     try:
         classes, index = np.unique(array, return_inverse=True)
     except TypeError as error:
         raise TypeError(f"labels must be comparable values (ints or strings): {error}") from None
-    if len(classes) < 2:
-        raise ValueError(f"labels must name at least 2 classes to train a classifier, "
-                         f"got {len(classes)}; pass labels=None to train without labels")
+    if len(classes) < min_classes:
+        raise ValueError(f"labels must name at least {min_classes} classes to train a "
+                         f"classifier, got {len(classes)}; pass labels=None to train without "
+                         "labels")
     return index.astype(np.int64).reshape(-1)
 
 
@@ -109,3 +134,55 @@ def as_beam_size(beam_size: Any, k: int) -> int:
     if beam_size <= 0:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
     return int(beam_size)
+
+
+def as_filter(selection: Any, name: str = "filter") -> np.ndarray:
+    """The allowed ids of a search filter, sorted and distinct (int64).
+
+    ``selection`` is either ids (a 1-D array of integers; ids not in the index
+    are ignored) or a boolean mask indexed by id (``mask[i]``: may item ``i``
+    be returned; ids at or beyond ``len(mask)`` may not), as Faiss's
+    ``IDSelectorBatch`` and ``IDSelectorBitmap``.
+    """
+    array = as_numpy(selection, name)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of allowed ids or a 1-D boolean mask "
+                         f"indexed by id, got shape {array.shape}")
+    if array.dtype.kind == "b":
+        return np.flatnonzero(array).astype(np.int64)
+    return np.unique(as_ids(array, name=name, distinct=False))
+
+
+def as_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def as_fraction(value: Any, name: str) -> float:
+    """A finite number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return float(value)
+
+
+def as_device(device: Any, name: str = "device") -> torch.device:
+    """A torch device that exists on this machine."""
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"{name} must be a string such as 'cpu' or 'cuda', or a torch.device, "
+                        f"got {type(device).__name__}")
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"{name}={device!r} is not a torch device: {error}") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name}={device!r} but CUDA is not available on this machine")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"{name}={device!r} but this machine has "
+                             f"{torch.cuda.device_count()} CUDA devices")
+    return parsed

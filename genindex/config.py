@@ -25,6 +25,7 @@ class TokenizerConfig:
     num_codebooks: int = 4
     codebook_size: int = 256
     dim: int = 128  # width of f_cls, the feature that is quantized
+    head: str = "mlp"  # f_cls from the input: "mlp" (one hidden layer) or "linear"
     lambda1: float = 1.0  # weight of the CE on every partial reconstruction
     lambda2: float = 1.0  # weight of the commitment term ||f_cls - sg[f^<=m]||^2
     scale: float = 8.0  # cosine classifier: logits are scale * cos
@@ -42,6 +43,8 @@ class TokenizerConfig:
                         "batch_size", "kmeans_iters", "refit_every")
         _check_nonnegative(self, "lambda1", "lambda2", "scale", "margin", "warmup_epochs", "lr",
                            "min_steps")
+        if self.head not in ("mlp", "linear"):
+            raise ValueError(f"TokenizerConfig: head must be 'mlp' or 'linear', got {self.head!r}")
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,11 @@ class DecoderConfig:
         values = dict(n_layer=12, n_head=12, n_embd=768, lr=4e-5, batch_size=64,
                       epochs=200, warmup_epochs=20, min_steps=0)
         return cls(**{**values, **overrides})
+
+    @classmethod
+    def paper_large(cls, **overrides: Any) -> DecoderConfig:
+        """The paper's decoder for million-image sets (section 4.3): 24 blocks of width 768."""
+        return cls.paper(**{"n_layer": 24, **overrides})
 
 
 @dataclass(frozen=True)

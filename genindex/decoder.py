@@ -96,6 +96,10 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, memory_kv: KV) -> torch.Tensor:
         """Every position of ``x`` (B, T, E) attends to all of its row's memory."""
+        if memory_kv[1].shape[2] == 1 and not self.training:
+            # one memory token takes all the attention: the output is its value for
+            # every position, (B, 1, E), broadcast by the caller (speed: no q, 1 row)
+            return self.c_proj(_merge(memory_kv[1]))
         y = F.scaled_dot_product_attention(_heads(self.q(x), self.n_head), *memory_kv,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.c_proj(_merge(y))

@@ -9,11 +9,13 @@
 (and ``D = -inf``) where a query has fewer than k results. With a backbone,
 every method that takes data takes images (see :mod:`genindex.images`) or,
 unless the index is end to end, the backbone's feature vectors.
+
+Every bad argument is refused with a ValueError or TypeError that names it,
+before anything changes: a failed call leaves the index as it was.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import threading
@@ -24,13 +26,17 @@ import torch
 
 from . import checks
 from .backbones import Backbone, get_backbone
-from .beam import beam_search, top_items
+from .beam import beam_search, compute_dtype, top_items
 from .cache import FeatureCache
+from .checks import NotTrainedError
 from .config import IndexConfig
 from .decoder import Decoder
 from .extract import model_inputs, open_cache
 from .models import build_models, embed, train_models
 from .persist import IndexFormatError, read_folder, write_folder
+from .refresh import RefreshHistory, default_steps, refresh_data, refresh_decoder
+from .state import NO_IDS, FilterCache, restore, saved_backbone, snapshot_files, with_fresh
+from .state import State as _State
 from .store import VectorStore
 from .tokenizer import SemanticTokenizer
 from .train import TrainHistory
@@ -47,15 +53,6 @@ class SearchResult(NamedTuple):
     ids: np.ndarray  # (n, k) int64 item ids, -1 where there is no result
 
 
-class _State(NamedTuple):
-    """All that a search reads: replaced whole under the lock, never edited."""
-
-    tokenizer: SemanticTokenizer
-    decoder: Decoder
-    trie: Trie
-    vectors: VectorStore | None
-
-
 class _Inputs(NamedTuple):
     """A batch as the models take it, and its feature vectors where known."""
 
@@ -67,9 +64,10 @@ class GenerativeIndex:
     """A generative retrieval index over d-dimensional vectors or images.
 
     ``search`` may run from many threads at once. Updates (``train``, ``add``,
-    ``add_with_ids``, ``remove_ids``, ``reset``) take a lock and publish a new
-    immutable snapshot of the model and items (copy-on-write), so a search
-    sees the index before or after an update, never a mix.
+    ``add_with_ids``, ``remove_ids``, ``reset``, ``refresh``) take a lock and
+    publish a new immutable snapshot of the model and items (copy-on-write), so
+    a search sees the index before or after an update, never a mix, and never
+    waits for one. Updates wait for each other.
     """
 
     def __init__(self, d: int | None = None, config: IndexConfig | None = None, *,
@@ -98,6 +96,8 @@ class GenerativeIndex:
         self.device = torch.device("cpu")
         self._state: _State | None = None
         self._next_id = 0
+        self._refreshes = 0
+        self._filters = FilterCache()
         self._lock = threading.RLock()
 
     # -------------------------------------------------------------- building
@@ -115,11 +115,11 @@ class GenerativeIndex:
             x = checks.as_vectors(x, _dim_of(x))
         index = cls(None if backbone else x.shape[1], config, backbone=backbone,
                     cache_dir=cache_dir)
-        index.to(device or default_device())
+        index.to(default_device() if device is None else device)
         inputs = index._inputs(x, progress)
         index._train(inputs, labels, progress)
         with index._lock:
-            index._insert(inputs, np.arange(len(inputs.tensor), dtype=np.int64))
+            index._insert(inputs, np.arange(len(inputs.tensor), dtype=np.int64), fresh=False)
         return index
 
     def train(self, x: Any, labels: Any = None, *, progress: bool = True) -> TrainHistory:
@@ -132,12 +132,18 @@ class GenerativeIndex:
         return self._train(self._inputs(x, progress), labels, progress)
 
     def add(self, x: Any, *, progress: bool = False) -> None:
-        """Add items with consecutive new ids (after the largest id ever used)."""
+        """Add items with consecutive new ids (after the largest id ever used).
+
+        The decoder is not retrained: see :meth:`refresh`.
+        """
         self._require_trained()
         inputs = self._inputs(x, progress)
         with self._lock:
-            first = self._next_id
-            self._insert(inputs, np.arange(first, first + len(inputs.tensor), dtype=np.int64))
+            first, n = self._next_id, len(inputs.tensor)
+            if first > np.iinfo(np.int64).max - n + 1:
+                raise ValueError(f"x: no {n} consecutive int64 ids are left after {first - 1}, "
+                                 "the largest id used; use add_with_ids")
+            self._insert(inputs, np.arange(first, first + n, dtype=np.int64))
 
     def add_with_ids(self, x: Any, ids: Any, *, progress: bool = False) -> None:
         """Add items under the given distinct int64 ids, none of them already present."""
@@ -158,7 +164,8 @@ class GenerativeIndex:
             removed = int(state.trie.contains(ids).sum())
             if removed:
                 vectors = None if state.vectors is None else state.vectors.remove(ids)
-                self._state = state._replace(trie=state.trie.remove(ids), vectors=vectors)
+                self._state = state._replace(trie=state.trie.remove(ids), vectors=vectors,
+                                             fresh=with_fresh(state.fresh, removed=ids))
             return removed
 
     def reset(self) -> None:
@@ -168,36 +175,90 @@ class GenerativeIndex:
             if state is not None:
                 vectors = None if state.vectors is None else VectorStore.empty(self.d)
                 self._state = state._replace(trie=state.trie.remove(state.trie.ids),
-                                             vectors=vectors)
+                                             vectors=vectors, fresh=NO_IDS)
             self._next_id = 0
 
     # ---------------------------------------------------------------- search
     def search(self, x: Any, k: int, *, beam_size: int | None = None,
+               filter: Any = None, dtype: Any = None,
                progress: bool = False) -> SearchResult:
         """The ``k`` best items for each query row of ``x``: ``D, I = index.search(x, k)``.
 
         ``beam_size`` (default ``max(k, 10)``) is the number of identifiers kept
         at each step. With ``beam_size >= k`` every row is full whenever the
         index holds at least k items; with fewer beams a row may end in ``-1``.
+
+        ``filter`` restricts the results to allowed items: an array of allowed
+        ids, or a boolean mask indexed by id (see :func:`genindex.checks.as_filter`).
+        Beam search then only follows identifiers that lead to an allowed item,
+        so rows are full whenever at least k items are allowed, and the scores
+        are those of an index holding only the allowed items.
+
+        ``dtype``: the decoder's compute precision: None or ``"float32"`` (exact),
+        ``"bfloat16"`` or ``"float16"``: about twice as fast on GPUs and on CPUs
+        with bfloat16 instructions, scores off by about 1e-2 (docs/performance.md).
         """
         state = self._require_trained()
         k = checks.as_k(k)
         beam_size = checks.as_beam_size(beam_size, k)
+        dtype = compute_dtype(dtype)
+        trie = state.trie
+        if filter is not None:
+            trie = self._filters.restrict(trie, checks.as_filter(filter))
         inputs = self._inputs(x, progress).tensor
         scores = np.empty((len(inputs), k), np.float32)
         ids = np.empty((len(inputs), k), np.int64)
         with torch.inference_mode():
             for start in range(0, len(inputs), _SEARCH_CHUNK):
                 queries = inputs[start:start + _SEARCH_CHUNK]
-                beams = beam_search(state.decoder, queries, state.trie, beam_size)
+                beams = beam_search(state.decoder, queries, trie, beam_size, dtype=dtype)
                 distance = None
                 if state.vectors is not None:
                     distance = state.vectors.distance(self.device, embed(state.tokenizer,
                                                                          queries))
-                s, i = top_items(state.trie, beams, k, distance)
+                s, i = top_items(trie, beams, k, distance)
                 scores[start:start + len(queries)] = s.cpu().numpy()
                 ids[start:start + len(queries)] = i.cpu().numpy()
         return SearchResult(scores, ids)
+
+    def refresh(self, labels: Any = None, ids: Any = None, *, steps: int | None = None,
+                replay: float = 1.0, progress: bool = False) -> RefreshHistory:
+        """Fine-tune the decoder on the items added since it was last trained or refreshed.
+
+        ``add`` alone gives new items identifiers the decoder was never taught
+        to write. ``refresh`` teaches them (see :mod:`genindex.refresh`) while
+        replaying ``replay`` times as many old items, so old ones are not
+        forgotten. ``labels``: class labels of the items ``ids`` (default: every
+        item, in increasing id order), which must include every fresh item;
+        without labels, pairs come from nearest neighbours. ``steps``: optimizer
+        steps (default: about 10 passes over the fresh items and their replay).
+        Needs the stored vectors (``store_vectors``, not end to end). Searches
+        run on the old decoder until the new one replaces it; other updates wait.
+        """
+        with self._lock:
+            state = self._require_trained()
+            if state.vectors is None or self.end_to_end:
+                raise ValueError("refresh fine-tunes on the stored feature vectors: it needs "
+                                 "IndexConfig(store_vectors=True) and end_to_end=False")
+            steps = None if steps is None else checks.as_positive_int(steps, "steps")
+            replay = checks.as_fraction(replay, "replay")
+            data = refresh_data(state, labels, ids, self.device)
+            if not len(data.fresh):
+                return RefreshHistory()
+            if steps is None:
+                steps = default_steps(len(data.fresh), replay, self.config.decoder.batch_size)
+            decoder, history = refresh_decoder(
+                state.decoder, data, self.config, steps=steps, replay=replay,
+                seed=self.config.seed + 7919 * (self._refreshes + 1), progress=progress)
+            self._state = self._state._replace(decoder=decoder, fresh=NO_IDS)
+            self._refreshes += 1
+        return history
+
+    @property
+    def fresh_ids(self) -> np.ndarray:
+        """Ids added since the decoder was last trained or refreshed, sorted."""
+        state = self._state
+        return NO_IDS.copy() if state is None else state.fresh.copy()
 
     def encode(self, x: Any) -> np.ndarray:
         """The identifier (n, M) the tokenizer gives each input."""
@@ -244,8 +305,9 @@ class GenerativeIndex:
 
     def to(self, device: str | torch.device) -> GenerativeIndex:
         """Run training and search on ``device`` (e.g. ``"cuda"``); not during a search."""
+        device = checks.as_device(device)
         with self._lock:
-            self.device = torch.device(device)
+            self.device = device
             modules = [] if self._state is None else [self._state.tokenizer, self._state.decoder]
             for module in modules + [self.backbone]:
                 if module is not None:
@@ -256,6 +318,15 @@ class GenerativeIndex:
     def end_to_end(self) -> bool:
         """Whether pixels go through fine-tuned backbones (else: frozen features)."""
         return self.backbone is not None and self.config.end_to_end
+
+    def __copy__(self) -> GenerativeIndex:
+        """A cheap copy sharing the immutable snapshot: updating one leaves the other alone
+        (but ``to`` moves the shared models of both)."""
+        clone = object.__new__(type(self))
+        with self._lock:
+            clone.__dict__.update(self.__dict__)
+        clone._lock, clone._filters = threading.RLock(), FilterCache()
+        return clone
 
     def __repr__(self) -> str:
         return (f"GenerativeIndex(d={self.d}, ntotal={self.ntotal}, "
@@ -269,40 +340,42 @@ class GenerativeIndex:
         source); a randomly initialised or fine-tuned one with its weights.
         """
         with self._lock:
-            state, next_id = self._require_trained(), self._next_id
-        tensors = {**{f"tokenizer.{k}": v for k, v in state.tokenizer.state_dict().items()},
-                   **{f"decoder.{k}": v for k, v in state.decoder.state_dict().items()}}
+            state, next_id, refreshes = self._require_trained(), self._next_id, self._refreshes
         backbone = self.backbone
-        if backbone is not None and not self.end_to_end and not backbone.pretrained_weights:
-            tensors.update({f"backbone.{k}": v for k, v in backbone.state_dict().items()})
-        arrays = {"ids": state.trie.ids, "codes": state.trie.codes}
-        if state.vectors is not None:
-            arrays["vector_ids"], arrays["vectors"] = state.vectors.ids, state.vectors.vectors
+        tensors, arrays = snapshot_files(state, backbone, self.end_to_end)
         body = {"d": self.d, "config": self.config.to_dict(), "next_id": next_id,
-                "num_classes": state.tokenizer.num_classes,
+                "refreshes": refreshes, "num_classes": state.tokenizer.num_classes,
                 "codebook_size": state.tokenizer.quantizer.codebook_size,
                 "backbone": None if backbone is None else backbone.spec()}
         write_folder(path, body, tensors, arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str | torch.device | None = None,
-             cache_dir: str | os.PathLike | bool | None = None) -> GenerativeIndex:
+             cache_dir: str | os.PathLike | bool | None = None,
+             mmap: bool = False) -> GenerativeIndex:
         """Read an index written by :meth:`save`; never unpickles anything.
 
-        ``device``: where to search (default: CUDA when present, else the CPU).
+        Every file is checked against the manifest's checksums and every array
+        against the others: a damaged or inconsistent index raises
+        :class:`IndexFormatError`. ``device``: where to search (default: CUDA
+        when present, else the CPU). ``mmap``: map the code table and the
+        stored vectors from the files instead of reading them into memory.
         """
-        body, tensors, arrays = read_folder(path)
+        device = default_device() if device is None else checks.as_device(device)
+        body, tensors, arrays = read_folder(path, mmap=("codes", "vectors") if mmap else ())
         try:
             config = IndexConfig.from_dict(body["config"])
             tokenizer, decoder = build_models(body, config, body["d"], tensors)
-            backbone = _saved_backbone(body.get("backbone"), config, tokenizer, tensors)
+            backbone = saved_backbone(body.get("backbone"), config, tokenizer, tensors)
             index = cls(body["d"], config, backbone=backbone, cache_dir=cache_dir)
-            index._restore(body, tokenizer, decoder, arrays)
+            index._state, index._next_id = restore(body, arrays, tokenizer, decoder,
+                                                   config.store_vectors, index.d)
+            index._refreshes = int(body.get("refreshes", 0))
         except IndexFormatError:
             raise
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             raise IndexFormatError(f"{path} does not hold a consistent index: {error}") from None
-        return index.to(device or default_device())
+        return index.to(device)
 
     # --------------------------------------------------------------- private
     def _inputs(self, x: Any, progress: bool) -> _Inputs:
@@ -329,21 +402,10 @@ class GenerativeIndex:
         vectors = VectorStore.empty(self.d) if self.config.store_vectors else None
         with self._lock:
             self._state = _State(models.tokenizer, models.decoder, trie, vectors)
-            self.history = models.history
+            self.history, self._refreshes = models.history, 0
         return models.history
 
-    def _restore(self, body: dict, tokenizer: SemanticTokenizer, decoder: Decoder,
-                 arrays: dict) -> None:
-        trie = Trie(arrays["codes"], arrays["ids"], body["codebook_size"])
-        vectors = None
-        if self.config.store_vectors:
-            vectors = VectorStore(arrays["vector_ids"], arrays["vectors"])
-            if not np.array_equal(vectors.ids, np.sort(trie.ids)):
-                raise IndexFormatError("the stored vectors do not match the stored ids")
-        self._state = _State(tokenizer, decoder, trie, vectors)
-        self._next_id = int(body["next_id"])
-
-    def _insert(self, inputs: _Inputs, ids: np.ndarray) -> None:
+    def _insert(self, inputs: _Inputs, ids: np.ndarray, fresh: bool = True) -> None:
         """Encode and insert checked items (the caller holds the lock)."""
         state = self._state
         with torch.inference_mode():
@@ -352,29 +414,15 @@ class GenerativeIndex:
             if state.vectors is not None and vectors is None:
                 vectors = embed(state.tokenizer, inputs.tensor).float().cpu().numpy()
         store = None if state.vectors is None else state.vectors.insert(ids, vectors)
-        self._state = state._replace(trie=state.trie.insert(codes, ids), vectors=store)
+        self._state = state._replace(trie=state.trie.insert(codes, ids), vectors=store,
+                                     fresh=with_fresh(state.fresh, ids) if fresh else state.fresh)
         self._next_id = max(self._next_id, int(ids.max()) + 1)
 
     def _require_trained(self) -> _State:
         state = self._state
         if state is None:
-            raise RuntimeError("the index is not trained: call index.train(x, labels) "
-                               "or build it with GenerativeIndex.fit(x, labels)")
+            raise NotTrainedError()
         return state
-
-
-def _saved_backbone(spec: dict | None, config: IndexConfig, tokenizer: SemanticTokenizer,
-                    tensors: dict[str, torch.Tensor]) -> Backbone | None:
-    """The backbone of a saved index: the fine-tuned encoder end to end, else by name."""
-    if spec is None:
-        return None
-    if config.end_to_end:
-        return copy.deepcopy(tokenizer.encoder)
-    weights = {k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")}
-    backbone = get_backbone(spec, weights=not weights)
-    if weights:
-        backbone.load_state_dict(weights, strict=True)
-    return backbone.eval()
 
 
 def default_device() -> torch.device:

@@ -9,7 +9,18 @@ Saving is atomic with one rename: data files are written under names that
 carry their checksum, synced, and only then does a new ``manifest.json``
 replace the old one (``os.replace``). A crash at any moment leaves either the
 old manifest with its files or the new one with its files; files that no
-manifest names are removed after the swap.
+manifest names are removed after the swap. (Writing a whole new folder and
+renaming it over the old one would not be atomic: POSIX cannot rename a
+folder over a non-empty one, so the old folder would first have to move away.)
+
+Saving into a folder that holds other files but no index is refused, and only
+files named as this module names them are ever removed. Two processes must not
+save into the same folder at the same time.
+
+``read_folder(..., mmap=names)`` memory-maps the named ``.npy`` arrays
+(copy-on-write: the file is never written) after verifying their checksum by
+streaming the file, so a large code table is not read into memory. A file
+changed after that check is not detected.
 """
 
 from __future__ import annotations
@@ -18,7 +29,9 @@ import hashlib
 import io
 import json
 import os
+import re
 import uuid
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +43,10 @@ from safetensors.torch import save as save_tensors
 FORMAT_NAME = "genindex"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+_LOGICAL = re.compile(r"[a-z][a-z0-9_]*\.(npy|safetensors)")
+_STORED = re.compile(r"[a-z][a-z0-9_]*\.[0-9a-f]{16}\.(npy|safetensors)")
+_STAGING = re.compile(r"\.[a-z][a-z0-9_.]*\.[0-9a-f]{32}\.tmp")
+_HASH_BLOCK = 1 << 22
 
 
 class IndexFormatError(ValueError):
@@ -39,11 +56,12 @@ class IndexFormatError(ValueError):
 def write_folder(path: str | os.PathLike, body: dict[str, Any],
                  tensors: dict[str, torch.Tensor], arrays: dict[str, np.ndarray]) -> None:
     """Write ``tensors`` (one safetensors file) and ``arrays`` (one .npy each) atomically."""
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _target_folder(Path(path))
     blobs = {"weights.safetensors": save_tensors({k: v.detach().cpu().contiguous()
                                                   for k, v in tensors.items()})}
     for name, array in arrays.items():
+        if not _LOGICAL.fullmatch(f"{name}.npy"):
+            raise ValueError(f"array name {name!r} must be lower case letters, digits and _")
         buffer = io.BytesIO()
         np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
         blobs[f"{name}.npy"] = buffer.getvalue()
@@ -57,6 +75,7 @@ def write_folder(path: str | os.PathLike, body: dict[str, Any],
         _write_synced(staging, blob)
         os.replace(staging, folder / stored)
         files[logical] = {"file": stored, "sha256": digest, "bytes": len(blob)}
+    _sync_dir(folder)  # the data files' names are durable before the manifest names them
     body = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **body, "files": files}
     manifest = json.dumps({"body": body, "sha256": _digest_json(body)}, indent=2)
     staging = folder / f".{MANIFEST}.{uuid.uuid4().hex}.tmp"
@@ -69,9 +88,12 @@ def write_folder(path: str | os.PathLike, body: dict[str, Any],
             stale.unlink(missing_ok=True)
 
 
-def read_folder(path: str | os.PathLike
+def read_folder(path: str | os.PathLike, mmap: Collection[str] = ()
                 ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, np.ndarray]]:
-    """Read and verify a folder written by :func:`write_folder`."""
+    """Read and verify a folder written by :func:`write_folder`.
+
+    The arrays named in ``mmap`` are memory-mapped read-only, not read.
+    """
     folder = Path(path)
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
@@ -83,24 +105,79 @@ def read_folder(path: str | os.PathLike
         raise IndexFormatError(f"{manifest_path} is damaged: {error}") from None
     if _digest_json(body) != digest:
         raise IndexFormatError(f"{manifest_path} is damaged or was edited: checksum mismatch")
+    if not isinstance(body, dict):
+        raise IndexFormatError(f"{manifest_path} is damaged: its body is not an object")
     if body.get("format") != FORMAT_NAME:
         raise IndexFormatError(f"{folder} holds format {body.get('format')!r}, "
                                "not a genindex index")
     version = body.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise IndexFormatError(f"{manifest_path} has no valid format_version: {version!r}")
+    if version > FORMAT_VERSION:
         raise IndexFormatError(f"{folder} was written in format version {version}; this "
                                f"genindex reads versions <= {FORMAT_VERSION}: upgrade genindex")
     tensors, arrays = {}, {}
-    for logical, entry in body["files"].items():
-        blob = _read_verified(folder, logical, entry)
+    for logical, entry in _file_entries(body, manifest_path):
+        name = logical.rsplit(".", 1)[0]
         try:
+            if logical.endswith(".npy") and name in mmap:
+                _verify_stream(folder, logical, entry)
+                arrays[name] = np.load(folder / entry["file"], mmap_mode="c", allow_pickle=False)
+                continue
+            blob = _read_verified(folder, logical, entry)
             if logical.endswith(".safetensors"):
                 tensors = load_tensors(blob)
             else:
-                arrays[logical[:-len(".npy")]] = np.load(io.BytesIO(blob), allow_pickle=False)
+                arrays[name] = np.load(io.BytesIO(blob), allow_pickle=False)
+        except IndexFormatError:
+            raise
         except Exception as error:  # noqa: BLE001 - any parser failure means a bad file
             raise IndexFormatError(f"{folder / entry['file']} cannot be read: {error}") from None
     return body, tensors, arrays
+
+
+def _target_folder(folder: Path) -> Path:
+    """``folder``, created if needed; refused if it holds files but no index."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"path {folder} exists and is not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / MANIFEST).is_file():
+        foreign = [p.name for p in folder.iterdir()
+                   if not (_STORED.fullmatch(p.name) or _STAGING.fullmatch(p.name))]
+        if foreign:
+            raise ValueError(f"path {folder} holds files that are not a saved index "
+                             f"({', '.join(sorted(foreign)[:3])}): save into an empty or new "
+                             "folder, or one that holds a saved index")
+    return folder
+
+
+def _file_entries(body: dict[str, Any], manifest_path: Path) -> list[tuple[str, dict]]:
+    """The manifest's file table, with every name checked: no path leaves the folder."""
+    files = body.get("files")
+    if not isinstance(files, dict):
+        raise IndexFormatError(f"{manifest_path} has no file table")
+    for logical, entry in files.items():
+        if (not _LOGICAL.fullmatch(logical) or not isinstance(entry, dict)
+                or not _STORED.fullmatch(str(entry.get("file")))
+                or not isinstance(entry.get("bytes"), int)
+                or not isinstance(entry.get("sha256"), str)):
+            raise IndexFormatError(f"{manifest_path} has an invalid file entry {logical!r}")
+    return list(files.items())
+
+
+def _verify_stream(folder: Path, logical: str, entry: dict[str, Any]) -> None:
+    """Check a file's size and checksum without holding it in memory."""
+    target = folder / entry["file"]
+    digest, size = hashlib.sha256(), 0
+    try:
+        with open(target, "rb") as handle:
+            while block := handle.read(_HASH_BLOCK):
+                digest.update(block)
+                size += len(block)
+    except OSError as error:
+        raise IndexFormatError(f"{logical} of the index at {folder} is missing: {error}") from None
+    if size != entry["bytes"] or digest.hexdigest() != entry["sha256"]:
+        raise IndexFormatError(f"{target} is truncated or damaged: checksum mismatch")
 
 
 def _read_verified(folder: Path, logical: str, entry: dict[str, Any]) -> bytes:
@@ -119,8 +196,7 @@ def _digest_json(value: Any) -> str:
 
 
 def _is_ours(name: str) -> bool:
-    return name.endswith((".npy", ".safetensors")) or (name.startswith(".")
-                                                       and name.endswith(".tmp"))
+    return bool(_STORED.fullmatch(name) or _STAGING.fullmatch(name))
 
 
 def _write_synced(path: Path, blob: bytes) -> None:

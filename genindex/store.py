@@ -16,9 +16,12 @@ class VectorStore:
     """Vectors (n, d) float32 keyed by distinct int64 ids, kept sorted by id."""
 
     def __init__(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        order = np.argsort(ids, kind="stable")
-        self.ids = np.ascontiguousarray(ids[order], dtype=np.int64)
-        self.vectors = np.ascontiguousarray(vectors[order], dtype=np.float32)
+        ids = np.asarray(ids)
+        if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():  # sorted input stays as it is
+            order = np.argsort(ids, kind="stable")
+            ids, vectors = ids[order], vectors[order]
+        self.ids = np.ascontiguousarray(ids, dtype=np.int64)
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self._tensors: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self._lock = threading.Lock()
 
@@ -30,6 +33,10 @@ class VectorStore:
         return len(self.ids)
 
     def insert(self, ids: np.ndarray, vectors: np.ndarray) -> VectorStore:
+        """A new store with these items too; new ids above all old ones (``add``)
+        are appended without re-sorting the old items."""
+        order = np.argsort(ids, kind="stable")
+        ids, vectors = np.asarray(ids)[order], np.asarray(vectors)[order]
         return VectorStore(np.concatenate([self.ids, ids]),
                            np.concatenate([self.vectors, vectors]))
 

@@ -126,8 +126,7 @@ class SemanticTokenizer(nn.Module):
             self.classifier: CosineClassifier | None = None
             dim = input_dim
         else:
-            self.head = nn.Sequential(nn.LayerNorm(input_dim), nn.Linear(input_dim, 4 * dim),
-                                      nn.GELU(), nn.Linear(4 * dim, dim))
+            self.head = _head(input_dim, dim, config.head)
             self.classifier = CosineClassifier(dim, num_classes, config.scale, config.margin)
         self.quantizer = ResidualQuantizer(config.num_codebooks,
                                            codebook_size or config.codebook_size, dim)
@@ -173,3 +172,11 @@ class SemanticTokenizer(nn.Module):
                                           labels.repeat_interleave(levels))
         commitment = (f[:, None] - partial).square().sum(dim=2).mean(dim=0).sum()
         return loss + lambda1 * levels * partial_ce + lambda2 * commitment
+
+
+def _head(input_dim: int, dim: int, kind: str) -> nn.Module:
+    """f_cls from the input feature: LayerNorm, then linear or one hidden layer."""
+    if kind == "linear":
+        return nn.Sequential(nn.LayerNorm(input_dim), nn.Linear(input_dim, dim))
+    return nn.Sequential(nn.LayerNorm(input_dim), nn.Linear(input_dim, 4 * dim), nn.GELU(),
+                         nn.Linear(4 * dim, dim))

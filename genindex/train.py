@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .backbones import Backbone
 from .config import DecoderConfig, IndexConfig, TokenizerConfig
 from .decoder import Decoder
@@ -56,11 +57,13 @@ def train_tokenizer(x: torch.Tensor, labels: torch.Tensor | None, config: IndexC
     tokenizer = SemanticTokenizer(input_dim, tc, num_classes, size, encoder).to(x.device)
     if labels is None:  # plain residual quantization of the input
         tokenizer.quantizer.fit(x, tc.kmeans_iters, generator)
+        distributed.sync_buffers(tokenizer)  # GPU k-means sums in no fixed order
         return tokenizer, []
     epochs = num_epochs(tc.epochs, tc.min_steps, len(x), tc.batch_size)
     optimizer, schedule = make_optimizer(tokenizer, tc.lr, config, len(x), tc.batch_size,
                                          epochs, tc.warmup_epochs)
     history: list[float] = []
+    model = distributed.wrap(_TokenizerLoss(tokenizer, tc.lambda1, tc.lambda2))
     bar = epoch_bar(epochs, "tokenizer", progress)
     for epoch in bar:
         # Alternating optimisation (paper 3.1): the codebooks are refit by
@@ -72,13 +75,15 @@ def train_tokenizer(x: torch.Tensor, labels: torch.Tensor | None, config: IndexC
             tokenizer.quantizer.fit(_features(tokenizer, x), tc.kmeans_iters, generator)
         tokenizer.train()
         losses = []
-        for idx in batches(len(x), tc.batch_size, generator, x.device):
+        for batch in batches(len(x), tc.batch_size, generator, x.device):
+            idx, weight = distributed.shard(batch)  # all of it on one process
             with autocast(x.device):
-                loss = tokenizer.loss(x[idx], labels[idx], tc.lambda1, tc.lambda2)
-            losses.append(step(loss, optimizer, schedule))
-        history.append(sum(losses) / len(losses))
+                loss = model(x[idx], labels[idx])
+            losses.append(step(weighted(loss, weight), optimizer, schedule))
+        history.append(distributed.mean(sum(losses) / len(losses), x.device))
         bar.set_postfix(loss=f"{history[-1]:.4f}")
     tokenizer.quantizer.fit(_features(tokenizer, x), tc.kmeans_iters, generator)
+    distributed.sync_buffers(tokenizer)  # every rank encodes with rank 0's codebooks
     tokenizer.eval()
     return tokenizer, history
 
@@ -95,17 +100,20 @@ def train_decoder(decoder: Decoder, x: torch.Tensor, codes: torch.Tensor,
     optimizer, schedule = make_optimizer(decoder, dc.lr, config, len(x), dc.batch_size,
                                          epochs, dc.warmup_epochs)
     history: list[float] = []
+    model = distributed.wrap(decoder)
     bar = epoch_bar(epochs, "decoder", progress)
     for _ in bar:
         decoder.train()
         target = codes[partners.sample(generator)]
         losses = []
-        for idx in batches(len(x), dc.batch_size, generator, x.device):
+        for batch in batches(len(x), dc.batch_size, generator, x.device):
+            idx, weight = distributed.shard(batch)  # all of it on one process
             with autocast(x.device):
-                _, loss = decoder(x[idx], target[idx, :-1], target[idx])
-            losses.append(step(loss, optimizer, schedule))
-        history.append(sum(losses) / len(losses))
+                _, loss = model(x[idx], target[idx, :-1], target[idx])
+            losses.append(step(weighted(loss, weight), optimizer, schedule))
+        history.append(distributed.mean(sum(losses) / len(losses), x.device))
         bar.set_postfix(loss=f"{history[-1]:.4f}")
+    distributed.sync_buffers(decoder)
     decoder.eval()
     return history
 
@@ -226,6 +234,23 @@ def batches(n: int, batch_size: int, generator: torch.Generator,
     yield from order.split(batch_size)
 
 
+def weighted(loss: torch.Tensor, weight: float) -> torch.Tensor:
+    """A rank's mean loss scaled so that DDP's gradient mean is the global batch's."""
+    return loss if weight == 1.0 else loss * weight
+
+
+class _TokenizerLoss(nn.Module):
+    """The tokenizer's training loss as ``forward``, which is what DDP wraps."""
+
+    def __init__(self, tokenizer: SemanticTokenizer, lambda1: float, lambda2: float) -> None:
+        super().__init__()
+        self.tokenizer, self.lambda1, self.lambda2 = tokenizer, lambda1, lambda2
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.tokenizer.loss(x, labels, self.lambda1, self.lambda2)
+
+
 def epoch_bar(epochs: int, name: str, progress: bool):
-    return tqdm(range(epochs), desc=f"train {name}", unit="epoch", disable=not progress,
-                leave=False)
+    """A progress bar over epochs, shown on rank 0 only."""
+    return tqdm(range(epochs), desc=f"train {name}", unit="epoch",
+                disable=not (progress and distributed.is_main()), leave=False)

@@ -7,7 +7,8 @@ Items are kept sorted lexicographically by code (then id), so that
   sorted order, and the children of a node are a contiguous run of the nodes
   one level down (a CSR layout, no per-node objects);
 * the leaves are the distinct identifiers, and the items of leaf ``j`` are the
-  contiguous rows ``leaf_ptr[j]:leaf_ptr[j + 1]``: identifiers may collide.
+  contiguous rows ``leaf_ptr[j]:leaf_ptr[j + 1]``: identifiers may collide;
+* the leaves under any node are a contiguous run too (:meth:`Trie.leaf_range`).
 
 A :class:`Trie` is an immutable value: :meth:`insert` and :meth:`remove`
 return a new trie. A search that holds a trie therefore never sees a
@@ -15,9 +16,13 @@ half-applied update (copy-on-write).
 
 The decoder never sees the trie. Beam search asks one question per step,
 through :meth:`Trie.children`: for a batch of depth-``m`` nodes, which codes
-may come next and which node each leads to. Shallow levels answer from a dense
-``(nodes, L)`` table, deep ones from the CSR arrays; neither loops in Python
-over beams or nodes.
+may come next and which node each leads to. Small levels answer from a dense
+``(nodes, L)`` table, the others from the CSR arrays; neither loops in Python
+over beams or nodes, and neither costs more for a bigger trie.
+
+Storage is compact: codes in the narrowest unsigned type (:func:`code_dtype`),
+int64 ids, int32 offsets (int64 only past 2**31 items). On the CPU the lookup
+tensors share memory with these arrays.
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ import threading
 import numpy as np
 import torch
 
-# A level is answered from a dense (nodes, L) table when it has at most this
-# many entries (int32: 16 MiB); deeper, wider levels use the CSR arrays.
-DENSE_TABLE_LIMIT = 1 << 22
+# A level is answered from a dense (nodes, L) int32 table when it has at most
+# this many entries (1 MiB); bigger levels use the CSR arrays, which answer as
+# fast for a batch of beams and cost no memory beyond the trie itself.
+DENSE_TABLE_LIMIT = 1 << 18
 
 
 def code_dtype(vocab_size: int) -> np.dtype:
@@ -38,6 +44,11 @@ def code_dtype(vocab_size: int) -> np.dtype:
         if vocab_size <= np.iinfo(dtype).max + 1:
             return np.dtype(dtype)
     raise ValueError(f"vocab_size={vocab_size} is too large")
+
+
+def offset_dtype(n: int) -> np.dtype:
+    """int32 for offsets into ``n`` rows while they fit, else int64."""
+    return np.dtype(np.int32 if n < np.iinfo(np.int32).max else np.int64)
 
 
 class Trie:
@@ -53,12 +64,14 @@ class Trie:
             raise ValueError(f"ids must have shape ({codes.shape[0]},), got {ids.shape}")
         if codes.size and (codes.min() < 0 or codes.max() >= vocab_size):
             raise ValueError(f"codes must lie in [0, {vocab_size})")
-        if np.unique(ids).size != ids.size:
+        ids = ids.astype(np.int64, copy=False)
+        order = _sort_order(codes, ids, vocab_size)
+        ids = ids[order]
+        if ids.size > 1 and _has_duplicates(ids):
             raise ValueError("ids must be unique")
-        order = np.lexsort((ids, *codes.T[::-1]))
         self.vocab_size = int(vocab_size)
         self.codes = np.ascontiguousarray(codes[order], dtype=code_dtype(vocab_size))
-        self.ids = np.ascontiguousarray(ids[order], dtype=np.int64)
+        self.ids = np.ascontiguousarray(ids)
         self._build_levels()
         self._tables: dict[torch.device, _DeviceTables] = {}
         self._tables_lock = threading.Lock()
@@ -90,10 +103,12 @@ class Trie:
         if codes.shape != (len(ids), self.num_levels) or codes.dtype.kind not in "iu":
             raise ValueError(f"codes must be integers of shape ({len(ids)}, {self.num_levels}), "
                              f"got {codes.dtype} {codes.shape}")
+        if codes.size and (codes.min() < 0 or codes.max() >= self.vocab_size):
+            raise ValueError(f"codes must lie in [0, {self.vocab_size})")
         present = self.contains(ids)
         if present.any():
             raise ValueError(f"ids already present: {ids[present][:10].tolist()}")
-        return Trie(np.concatenate([self.codes.astype(np.int64), codes.astype(np.int64)]),
+        return Trie(np.concatenate([self.codes, codes.astype(self.codes.dtype)]),
                     np.concatenate([self.ids, ids]), self.vocab_size)
 
     def remove(self, ids: np.ndarray) -> Trie:
@@ -111,24 +126,34 @@ class Trie:
     def children(self, depth: int, nodes: torch.Tensor) -> torch.Tensor:
         """Child node index for every next code, ``-1`` where a code is not allowed.
 
-        ``nodes`` holds node indices at ``depth`` (0 <= depth < M), any shape;
-        the result has that shape plus a trailing axis of size L.
+        ``nodes`` holds node indices at ``depth`` (0 <= depth < M), or ``-1`` for
+        no node (which has no children), any shape; the result (int32, int64 past
+        2**31 nodes) has that shape plus a trailing axis of size L.
         """
         tables = self.tables(nodes.device)
         flat = nodes.reshape(-1)
         dense = tables.dense[depth]
         if dense is not None:
-            out = dense[flat].long()
+            out = dense[flat]  # row -1 is the table's last row: no children
         else:
             out = _csr_children(tables.child_ptr[depth], tables.child_code[depth + 1],
                                 flat, self.vocab_size)
         return out.reshape(*nodes.shape, self.vocab_size)
 
+    def leaf_range(self, depth: int, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(first, count)`` (int64): the leaves under each depth-``depth`` node."""
+        tables = self.tables(nodes.device)
+        first, end = nodes, nodes + 1
+        for level in range(depth, self.num_levels):
+            ptr = tables.child_ptr[level]
+            first, end = ptr[first], ptr[end]
+        return first.long(), (end - first).long()
+
     def leaf_items(self, leaves: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(start, count)``: the rows of :attr:`ids` that each leaf holds."""
+        """``(start, count)`` (int64): the rows of :attr:`ids` that each leaf holds."""
         tables = self.tables(leaves.device)
-        start = tables.leaf_ptr[leaves]
-        return start, tables.leaf_ptr[leaves + 1] - start
+        start = tables.leaf_ptr[leaves].long()
+        return start, tables.leaf_ptr[leaves + 1].long() - start
 
     def lookup(self, codes: np.ndarray) -> np.ndarray:
         """Leaf index of each identifier in ``codes`` (n, M), ``-1`` if absent."""
@@ -138,7 +163,7 @@ class Trie:
             child = self.children(depth, nodes.clamp(min=0))
             step = child.gather(1, codes[:, depth:depth + 1].clamp(0, self.vocab_size - 1))[:, 0]
             valid = (nodes >= 0) & (codes[:, depth] >= 0) & (codes[:, depth] < self.vocab_size)
-            nodes = torch.where(valid, step, -1)
+            nodes = torch.where(valid, step.long(), -1)
         return nodes.numpy()
 
     def tables(self, device: torch.device | str) -> _DeviceTables:
@@ -149,42 +174,53 @@ class Trie:
                 self._tables[device] = _DeviceTables(self, device)
             return self._tables[device]
 
+    def nbytes(self) -> int:
+        """Bytes held by the trie: its arrays and the dense tables built so far."""
+        arrays = [self.codes, self.ids, self.leaf_ptr, *self.child_ptr, *self.child_code]
+        with self._tables_lock:
+            extra = sum(tables.extra_bytes for tables in self._tables.values())
+        return int(sum(a.nbytes for a in arrays)) + extra
+
     # ---------------------------------------------------------------- private
     def _build_levels(self) -> None:
         """Derive the per-depth node arrays from the sorted code table."""
         n, num_levels = self.codes.shape
-        codes = self.codes.astype(np.int64)
+        offsets, codes = offset_dtype(n + 1), self.codes
         # first column at which row i differs from row i - 1 (num_levels: same ID)
-        diff = codes[1:] != codes[:-1]
-        first_diff = np.where(diff.any(axis=1), diff.argmax(axis=1), num_levels)
-        # child_code[m][j]: last code of depth-m node j; parent[m][j]: its parent
-        self.child_code: list[np.ndarray] = [np.zeros(min(n, 1), np.int64)]
+        first_diff = np.full(max(n - 1, 0), num_levels, np.int8 if num_levels < 127 else np.int64)
+        for depth in range(num_levels - 1, -1, -1):
+            first_diff[codes[1:, depth] != codes[:-1, depth]] = depth
+        # child_code[m][j]: last code of depth-m node j; child_ptr[m]: CSR of its children
+        self.child_code: list[np.ndarray] = [np.zeros(min(n, 1), codes.dtype)]
         self.child_ptr: list[np.ndarray] = []
-        node_of_row = np.zeros(n, np.int64)  # depth-0: everything under the root
+        if not n:  # the root alone, without children
+            self.child_ptr = [np.zeros(1 + (depth == 0), offsets) for depth in range(num_levels)]
+            self.child_code += [np.zeros(0, codes.dtype) for _ in range(num_levels)]
+            self.leaf_ptr = np.zeros(1, offsets)
+            return
+        starts = np.zeros(1, np.int64)  # first row of each node of the current depth
         for depth in range(1, num_levels + 1):
             is_new = np.ones(n, bool)
             is_new[1:] = first_diff < depth
-            starts = np.flatnonzero(is_new)
-            parent = node_of_row[starts]
-            num_parents = int(node_of_row[-1]) + 1 if n else (1 if depth == 1 else 0)
-            counts = np.bincount(parent, minlength=num_parents)
-            self.child_ptr.append(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
-            self.child_code.append(codes[starts, depth - 1])
-            node_of_row = np.cumsum(is_new) - 1
-        self.leaf_ptr = np.append(starts, n).astype(np.int64) if n else np.zeros(1, np.int64)
-
-    def nbytes(self) -> int:
-        """Bytes held by the trie's arrays (codes, ids and the node arrays)."""
-        arrays = [self.codes, self.ids, self.leaf_ptr, *self.child_ptr, *self.child_code]
-        return int(sum(a.nbytes for a in arrays))
+            new_starts = np.flatnonzero(is_new)
+            # a node's children begin at the first deeper node starting at its row
+            ptr = np.searchsorted(new_starts, starts)
+            self.child_ptr.append(np.append(ptr, len(new_starts)).astype(offsets))
+            self.child_code.append(np.ascontiguousarray(codes[new_starts, depth - 1]))
+            starts = new_starts
+        self.leaf_ptr = np.append(starts, n).astype(offsets)
 
 
 class _DeviceTables:
-    """The trie's lookup arrays as tensors on one device."""
+    """The trie's lookup arrays as tensors on one device (zero-copy on the CPU)."""
 
     def __init__(self, trie: Trie, device: torch.device) -> None:
         def tensor(array: np.ndarray) -> torch.Tensor:
-            return torch.as_tensor(np.asarray(array, dtype=np.int64), device=device)
+            if array.dtype not in (np.uint8, np.int32, np.int64):
+                array = array.astype(np.int64)
+            if not array.flags.writeable:  # torch wants writable memory; nobody writes it
+                array = array.copy()
+            return torch.from_numpy(np.ascontiguousarray(array)).to(device)
 
         vocab = trie.vocab_size
         self.ids = tensor(trie.ids)
@@ -197,26 +233,47 @@ class _DeviceTables:
             if num_parents * vocab > DENSE_TABLE_LIMIT:
                 self.dense.append(None)
                 continue
-            table = torch.full((max(num_parents, 1), vocab), -1, dtype=torch.int32, device=device)
-            counts = self.child_ptr[depth].diff()
-            parent = torch.repeat_interleave(torch.arange(num_parents, device=device), counts)
-            child = torch.arange(len(parent), device=device, dtype=torch.int32)
-            table[parent, self.child_code[depth + 1]] = child
-            self.dense.append(table)
+            # one row per node, and a last row of -1 that node -1 (no node) reads
+            parents = torch.arange(-1, num_parents, device=device).roll(-1)
+            self.dense.append(_csr_children(self.child_ptr[depth], self.child_code[depth + 1],
+                                            parents, vocab))
+        self.extra_bytes = sum(t.numel() * t.element_size() for t in self.dense if t is not None)
+        if device.type != "cpu":
+            self.extra_bytes += sum(t.numel() * t.element_size() for t in
+                                    [self.ids, self.leaf_ptr, *self.child_ptr, *self.child_code])
 
 
 def _csr_children(ptr: torch.Tensor, child_code: torch.Tensor, nodes: torch.Tensor,
                   vocab: int) -> torch.Tensor:
-    """Scatter each node's run of children into a dense (len(nodes), vocab) row."""
-    start = ptr[nodes]
-    counts = ptr[nodes + 1] - start
-    out = torch.full((len(nodes), vocab), -1, dtype=torch.long, device=nodes.device)
+    """Scatter each node's run of children into a dense (len(nodes), vocab) row; node -1
+    has none. Child indices have ``ptr``'s dtype (int32 below 2**31 nodes)."""
+    out = torch.full((len(nodes), vocab), -1, dtype=ptr.dtype, device=nodes.device)
+    if len(ptr) < 2:  # no nodes at this depth
+        return out
+    start = ptr[nodes].long()
+    counts = (ptr[nodes + 1].long() - start).clamp(min=0)  # node -1: ptr[0] - ptr[-1] <= 0
     total = int(counts.sum())
     if total == 0:
         return out
     row = torch.repeat_interleave(torch.arange(len(nodes), device=nodes.device), counts)
-    offset = torch.arange(total, device=nodes.device) - torch.repeat_interleave(
-        counts.cumsum(0) - counts, counts)
-    child = start[row] + offset
-    out[row, child_code[child]] = child
+    child = torch.arange(total, device=nodes.device) + torch.repeat_interleave(
+        start - (counts.cumsum(0) - counts), counts)
+    out[row, child_code[child].long()] = child.to(out.dtype)
     return out
+
+
+def _sort_order(codes: np.ndarray, ids: np.ndarray, vocab_size: int) -> np.ndarray:
+    """Row order by code, then id: one packed key when the codes fit in 63 bits."""
+    bits = max(int(vocab_size - 1).bit_length(), 1)
+    if codes.shape[1] * bits > 63 or not len(codes):
+        return np.lexsort((ids, *codes.T[::-1]))
+    key = np.zeros(len(codes), np.int64)
+    for column in codes.T:
+        key <<= bits
+        key |= column.astype(np.int64)
+    return np.lexsort((ids, key))
+
+
+def _has_duplicates(sorted_by_code: np.ndarray) -> bool:
+    ids = np.sort(sorted_by_code)
+    return bool((ids[1:] == ids[:-1]).any())

@@ -78,4 +78,13 @@ def _take(images: Any, mask: np.ndarray) -> Any:
 
 
 def _import_loaders() -> None:
-    from . import emoji  # noqa: F401  (registers itself)
+    from . import (  # noqa: F401  (each registers itself)
+        cars196,
+        cub200,
+        digits,
+        emoji,
+        fashion_mnist,
+        imagenet,
+        inshop,
+        places365,
+    )

@@ -22,7 +22,7 @@ import numpy as np
 
 from genindex.cache import default_cache_dir
 
-from . import DataUnavailable, Dataset, register
+from . import Dataset, DataUnavailable, register
 
 VENDORS = ("apple", "google", "twitter", "facebook")
 VERSION = "16.0.0"

@@ -1,0 +1,184 @@
+"""Fresh data: add alone, add + refresh, and a full retrain, on one held-out split.
+
+    python benchmarks/fresh.py --dataset emoji [--limit 50] [--steps N] [--quiet]
+
+Half of every class's database items (alternately rounded down and up, so
+half of the whole database) are held out of training. The index is fitted on
+the rest, then the held-out half is added with ``add`` (no retraining); then
+``refresh`` fine-tunes the decoder on the added items (with their labels;
+``--unlabelled`` adds a row without labels); last, an index is fitted on the
+whole database. The paper's Table 6 shows the precision of plain ``add``
+collapsing as K grows. Features come from a frozen backbone (default
+EfficientNet-Lite0) through genindex's feature cache, as in
+``benchmarks/run.py``. Besides the usual metrics, ``old@10`` and ``new@10``
+are the shares of a query's relevant trained-on (old) and added (new) items
+found in its top 10. Results go to ``--out`` (default
+``results/fresh-<dataset>/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import datasets, metrics  # noqa: E402
+from genindex import GenerativeIndex, IndexConfig  # noqa: E402
+from genindex.backbones import get_backbone  # noqa: E402
+from genindex.extract import extract_features, open_cache  # noqa: E402
+
+KS = (1, 3, 10)
+MAP_K = 100
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="emoji", help="a name from benchmarks/datasets")
+    parser.add_argument("--data-root", help="where the data set lives or is fetched to")
+    parser.add_argument("--limit", type=int, help="keep only the first N classes")
+    parser.add_argument("--backbone", default="efficientnet-lite0")
+    parser.add_argument("--config", type=Path, help="IndexConfig as JSON (default: defaults)")
+    parser.add_argument("--steps", type=int, help="refresh steps (default: refresh's default)")
+    parser.add_argument("--replay", type=float, default=1.0, help="old items per new item")
+    parser.add_argument("--unlabelled", action="store_true", help="also refresh without labels")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser.parse_args(argv)
+
+
+def split(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows kept for training and rows held out: half of each class, rounded
+    down for every other class and up for the rest."""
+    rng = np.random.default_rng(seed)
+    old, new = [], []
+    for c, cls in enumerate(np.unique(labels)):
+        rows = rng.permutation(np.flatnonzero(labels == cls))
+        held = len(rows) // 2 if c % 2 == 0 else (len(rows) + 1) // 2
+        held = min(held, len(rows) - 1)  # every class keeps a trained-on item
+        new.append(rows[:held])
+        old.append(rows[held:])
+    return np.sort(np.concatenate(old)), np.sort(np.concatenate(new))
+
+
+def evaluate(index: GenerativeIndex, queries: np.ndarray, row_of_id: np.ndarray,
+             db_labels: np.ndarray, query_labels: np.ndarray,
+             is_new: np.ndarray) -> tuple[dict[str, float], float]:
+    """Metrics of ``index`` (ids mapped to database rows) and its search time."""
+    start = time.perf_counter()
+    ids = index.search(queries, MAP_K).ids
+    search_s = time.perf_counter() - start
+    rows = np.where(ids >= 0, row_of_id[np.maximum(ids, 0)], -1)
+    hits = metrics.relevance(rows, db_labels, query_labels)
+    relevant = metrics.relevant_counts(db_labels, query_labels)
+    out = {}
+    for k in KS:
+        out[f"P@{k}"] = metrics.precision_at_k(hits, k)
+        out[f"R@{k}"] = metrics.recall_at_k(hits, k)
+    out[f"MAP@{MAP_K}"] = metrics.map_at_k(hits, MAP_K, relevant)
+    found_new = hits[:, :10] & is_new[np.maximum(rows[:, :10], 0)]
+    for name, found, counts in (("new@10", found_new, _counts(db_labels[is_new], query_labels)),
+                                ("old@10", hits[:, :10] & ~found_new,
+                                 _counts(db_labels[~is_new], query_labels))):
+        has = counts > 0
+        out[name] = float((found.sum(1)[has] / counts[has]).mean()) if has.any() else 0.0
+    return out, search_s
+
+
+def _counts(labels: np.ndarray, query_labels: np.ndarray) -> np.ndarray:
+    return metrics.relevant_counts(labels, query_labels) if len(labels) else np.zeros(
+        len(query_labels), int)
+
+
+def table(rows: list[dict]) -> str:
+    columns = ([f"P@{k}" for k in KS] + [f"R@{k}" for k in KS]
+               + [f"MAP@{MAP_K}", "old@10", "new@10"])
+    lines = ["| index | " + " | ".join(columns) + " | train s |",
+             "|---" * (len(columns) + 2) + "|"]
+    for row in rows:
+        values = " | ".join(f"{100 * row['metrics'][c]:.1f}" for c in columns)
+        lines.append(f"| {row['name']} | {values} | {row['train_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def fresh_rows(db: np.ndarray, queries: np.ndarray, labels: np.ndarray,
+               query_labels: np.ndarray, config: IndexConfig, *, device: str = "cpu",
+               progress: bool = True, steps: int | None = None, replay: float = 1.0,
+               unlabelled: bool = False, seed: int = 0) -> list[dict]:
+    """Table 6: train on half of each class, then add / refresh / retrain; a row each."""
+    old, new = split(labels, seed)
+    row_of_id = np.concatenate([old, new])  # ids: trained-on rows first, then added ones
+    is_new = np.isin(np.arange(len(db)), new)
+    print(f"fresh data: {len(old)} items trained on, {len(new)} added", flush=True)
+    rows = []
+
+    def record(name: str, index: GenerativeIndex, train_s: float) -> None:
+        result, search_s = evaluate(index, queries, row_of_id, labels, query_labels, is_new)
+        rows.append({"name": name, "metrics": result, "train_s": train_s,
+                     "search_s": search_s})
+        print(f"{name}: trained in {train_s:.1f} s, searched in {search_s:.1f} s", flush=True)
+
+    start = time.perf_counter()
+    added = GenerativeIndex.fit(db[old], labels[old], config, device=device, progress=progress)
+    fit_s = time.perf_counter() - start
+    record("trained on the old half only", added, fit_s)
+    added.add(db[new])
+    record("+ add", added, fit_s)
+    refreshes = [("+ add + refresh", labels[row_of_id])]
+    if unlabelled:
+        refreshes.append(("+ add + refresh without labels", None))
+    for name, refresh_labels in refreshes:
+        index = copy.copy(added)  # a snapshot: refreshing the copy leaves `added` alone
+        start = time.perf_counter()
+        history = index.refresh(refresh_labels, steps=steps, replay=replay, progress=progress)
+        record(f"{name} ({history.steps} steps)", index, time.perf_counter() - start)
+    start = time.perf_counter()
+    full = GenerativeIndex.fit(db[row_of_id], labels[row_of_id], config, device=device,
+                               progress=progress)
+    record("full retrain on both halves", full, time.perf_counter() - start)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = IndexConfig.from_json(args.config.read_text()) if args.config else IndexConfig()
+    data = datasets.load(args.dataset, args.data_root, args.limit)
+    backbone = get_backbone(args.backbone).to(args.device)
+    cache = open_cache(backbone, None)
+    db, queries = (extract_features(backbone, images, cache=cache,
+                                    device=torch.device(args.device), progress=not args.quiet)
+                   for images in (data.db_images, data.query_images))
+    print(f"{args.dataset}: {len(db)} database items, {len(queries)} queries, "
+          f"{len(np.unique(data.db_labels))} classes", flush=True)
+    rows = fresh_rows(np.asarray(db), np.asarray(queries), np.asarray(data.db_labels),
+                      np.asarray(data.query_labels), config, device=args.device,
+                      progress=not args.quiet, steps=args.steps, replay=args.replay,
+                      unlabelled=args.unlabelled, seed=args.seed)
+    markdown = table(rows)
+    print(markdown)
+    out = args.out or Path("results") / f"fresh-{args.dataset}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tables.md").write_text(markdown + "\n")
+    (out / "results.json").write_text(json.dumps(
+        {"dataset": args.dataset, "limit": args.limit, "database": len(db),
+         "queries": len(queries), "date": time.strftime("%Y-%m-%d"),
+         "config": config.to_dict(), "rows": rows}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""The benchmark runner end to end on a small real data set, and the ablations."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import ablations, metrics, run
+from benchmarks.datasets import digits  # noqa: F401  (registers the loader)
+
+from .helpers import TINY
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    path = tmp_path / "tiny.json"
+    path.write_text(TINY.to_json())
+    return path
+
+
+def test_runner_writes_every_method_and_its_metrics_match_brute_force(
+        tiny_vit, tiny_config, tmp_path, monkeypatch):
+    pytest.importorskip("sklearn")
+    monkeypatch.setattr(run, "get_backbone", lambda name: tiny_vit)
+    methods = ["linear", "ivfpq", "scann", "genindex"]
+    if importlib.util.find_spec("diskannpy"):
+        methods.insert(3, "diskann")
+    out = tmp_path / "out"
+    code = run.main(["--dataset", "digits", "--limit", "4", "--methods", ",".join(methods),
+                     "--backbone", "tiny-vit",
+                     "--config", str(tiny_config), "--beam-sizes", "1,4", "--out", str(out),
+                     "--quiet"])
+    assert code == 0
+    result = json.loads((out / "results.json").read_text())
+    # every method on the backbone's features, then the baselines on the FT features
+    assert [(row["method"], row["backbone"]) for row in result["rows"]] == (
+        [(m, "tiny-vit") for m in methods] + [(m, "tiny-vit FT") for m in methods[:-1]])
+    for row in result["rows"]:
+        assert set(row["metrics"]) >= {"P@1", "P@3", "R@10", "MRR@8", "MAP@100"}
+        assert all(0.0 <= v <= 1.0 for v in row["metrics"].values())
+        assert row["bytes"] > 0 and row["qps"] > 0 and len(row["pr_curve"]["recall"]) == 100
+    assert [r["beam_size"] for r in result["beam_sweep"]] == [1, 4]
+    assert (out / "tables.md").read_text().count("| linear |") >= 3
+    assert (out / "precision_at_k.png").is_file() and (out / "beam_sweep.png").is_file()
+
+    # linear scan's row is exact L2 search over the same features, here by numpy in
+    # float64 (Faiss computes in float32, so near-ties may order differently)
+    data = run.datasets.load("digits", limit=4)
+    db, queries = run.features(run.parse_args(["--dataset", "digits", "--quiet"]), data,
+                               tiny_vit)
+    dist = ((queries[:, None].astype(np.float64) - db[None]) ** 2).sum(-1)
+    ids = np.argsort(dist, axis=1, kind="stable")[:, :100]
+    hits = metrics.relevance(ids, data.db_labels, data.query_labels)
+    linear = result["rows"][0]["metrics"]
+    assert linear["P@3"] == pytest.approx(metrics.precision_at_k(hits, 3), abs=0.02)
+    assert linear["R@10"] == pytest.approx(metrics.recall_at_k(hits, 10), abs=0.02)
+
+
+def test_runner_refuses_unknown_methods_and_ablations():
+    for argv in (["--dataset", "digits", "--methods", "linear,annoy"],
+                 ["--dataset", "digits", "--ablation", "colours"]):
+        with pytest.raises(SystemExit) as error:
+            run.parse_args(argv)
+        assert error.value.code == 2
+
+
+def test_hkm_ids_split_until_every_item_has_its_own_id():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 8)).astype(np.float32)
+    ids = ablations.hkm_ids(x, clusters=10)
+    assert ids.dtype == np.int64 and ids.shape[0] == 300 and ids.shape[1] >= 3
+    assert len({tuple(row) for row in ids}) == 300
+    assert ids.min() >= 0 and ids.max() < 10
+
+
+def test_random_ids_are_seeded_and_in_range():
+    a, b = ablations.random_ids(50, 4, 16, seed=1), ablations.random_ids(50, 4, 16, seed=1)
+    assert np.array_equal(a, b) and a.shape == (50, 4) and 0 <= a.min() and a.max() < 16
+
+
+def test_identifier_ablation_variants_return_valid_ids(data):
+    x, labels = data
+    variants = ablations.ids_variants(x, labels, TINY, progress=False)
+    assert list(variants) == ["random", "HKM_100", "HKM_200", "HKM_500", "ours"]
+    for length, search in variants.values():
+        found = search(x[:10], 5)
+        assert found.shape == (10, 5) and length >= 1
+        assert ((found >= 0) & (found < len(x))).all()
+        assert all(len(set(row)) == 5 for row in found)  # no id twice

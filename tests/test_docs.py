@@ -1,0 +1,58 @@
+"""The documentation runs: its Python blocks and genindex command lines, in order."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from genindex import DecoderConfig, GenerativeIndex, IndexConfig, TokenizerConfig
+from genindex.cli import main
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.DOTALL | re.MULTILINE)
+
+
+def blocks(name: str) -> list[tuple[str, str]]:
+    """``(language, code)`` of every fenced block of ``docs/name``, in order."""
+    return [(m.group(1), m.group(2)) for m in BLOCK.finditer((DOCS / name).read_text())]
+
+
+@pytest.mark.parametrize("name", ["getting-started.md", "migrating.md"])
+def test_snippets_run(name, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": f"docs_{name}"}
+    ran = commands = 0
+    for language, code in blocks(name):
+        if language == "python":
+            exec(compile(code, f"docs/{name}", "exec"), namespace)  # noqa: S102
+            ran += 1
+        elif language == "bash":
+            for line in code.splitlines():
+                if line.startswith("genindex "):
+                    assert main(shlex.split(line)[1:] + ["-q"]) == 0, line
+                    commands += 1
+    capsys.readouterr()
+    assert ran >= 5
+    if name == "getting-started.md":
+        assert commands == 5  # every subcommand once
+        assert (tmp_path / "cli.index" / "manifest.json").is_file()
+
+
+def test_the_api_reference_names_everything_public():
+    text = (DOCS / "api.md").read_text()
+    names = [n for n in dir(GenerativeIndex) if not n.startswith("_")]
+    for config in (IndexConfig, TokenizerConfig, DecoderConfig):
+        names += [f.name for f in dataclasses.fields(config)]
+    code = " ".join(re.findall(r"`([^`\n]+)`", BLOCK.sub("", text)))  # inline code
+    missing = sorted({n for n in names if not re.search(rf"\b{n}\b", code)})
+    assert not missing, f"document these in docs/api.md: {missing}"
+
+
+def test_links_between_docs_resolve():
+    for page in DOCS.glob("*.md"):
+        for target in re.findall(r"\]\(([\w./-]+\.md)\)", page.read_text()):
+            assert (page.parent / target).is_file(), f"{page.name} links to {target}"

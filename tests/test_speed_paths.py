@@ -1,0 +1,185 @@
+"""The fast search paths give the results of the plain ones (correctness only, no timing)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from genindex.beam import TIMED_PARTS, beam_search
+from genindex.config import DecoderConfig
+from genindex.decoder import Decoder
+from genindex.trie import Trie
+
+CONFIG = DecoderConfig(n_layer=1, n_head=2, n_embd=16, n_memory=1, dropout=0.0)
+
+
+@torch.no_grad()
+def plain_beam_search(decoder: Decoder, x: torch.Tensor, trie: Trie, beam_size: int):
+    """Every beam decoded at every step, forced codes included (the textbook loop)."""
+    state = decoder.start(x)
+    queries, vocab = len(x), trie.vocab_size
+    scores = torch.zeros(queries, 1)
+    nodes = torch.zeros(queries, 1, dtype=torch.long)
+    codes = None
+    for depth in range(trie.num_levels):
+        logits = decoder.step(state, codes).float()
+        child = trie.children(depth, nodes.clamp(min=0))
+        allowed = (child >= 0) & (nodes >= 0)[..., None]
+        logp = logits.masked_fill(~allowed, float("-inf")).log_softmax(dim=-1)
+        candidates = (scores[..., None] + logp).masked_fill(~allowed, float("-inf"))
+        top = candidates.reshape(queries, -1).topk(min(beam_size, candidates[0].numel()), dim=1)
+        scores = top.values
+        nodes = child.reshape(queries, -1).gather(1, top.indices)
+        nodes = nodes.masked_fill(torch.isinf(scores), -1)
+        if depth + 1 < trie.num_levels:
+            state.reorder(top.indices // vocab)
+            codes = top.indices % vocab
+    return scores, nodes
+
+
+class CountingDecoder(Decoder):
+    """A decoder that records how many beams each step feeds."""
+
+    widths: list[int]
+
+    def step(self, state, codes):
+        self.widths.append(state.beams if codes is None else codes.shape[1])
+        return super().step(state, codes)
+
+
+def decoder_for(vocab: int, levels: int, seed: int, d: int = 4) -> CountingDecoder:
+    torch.manual_seed(seed)
+    decoder = CountingDecoder(CONFIG, vocab, levels, memory=d).eval()
+    with torch.no_grad():
+        decoder.head.normal_(std=0.5)  # sharper, more varied scores than the initial ones
+    decoder.widths = []
+    return decoder
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 4), st.integers(2, 6), st.integers(1, 60), st.integers(1, 12),
+       st.integers(0, 10**6))
+def test_skipping_finished_beams_gives_the_plain_result(levels, vocab, n, beam_size, seed):
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, vocab, (n, levels))
+    trie = Trie(codes, np.arange(n), vocab)
+    decoder = decoder_for(vocab, levels, seed)
+    x = torch.randn(4, 4, generator=torch.Generator().manual_seed(seed))
+    fast = beam_search(decoder, x, trie, beam_size)
+    scores, leaves = plain_beam_search(decoder, x, trie, beam_size)
+    width = scores.shape[1]
+    assert fast.scores.shape == fast.leaves.shape == (4, beam_size)
+    torch.testing.assert_close(fast.scores[:, :width], scores, atol=1e-5, rtol=0)
+    assert (fast.leaves[:, :width] == leaves).all()
+    assert torch.isinf(fast.scores[:, width:]).all() and (fast.leaves[:, width:] == -1).all()
+
+
+def test_a_query_whose_prefixes_are_unique_is_decoded_once():
+    # every first code leads to a single identifier: nothing is left to decode after step one
+    codes = np.array([[0, 1, 2], [1, 0, 0], [2, 2, 1]])
+    trie = Trie(codes, np.arange(3), vocab_size=3)
+    decoder = decoder_for(3, 3, seed=0)
+    beams = beam_search(decoder, torch.randn(2, 4), trie, beam_size=3)
+    assert decoder.widths == [1]
+    assert sorted(beams.leaves[0].tolist()) == [0, 1, 2]
+
+
+def test_only_live_beams_are_fed_to_the_decoder():
+    # leaf 0..3 share the prefix (0, 0); 4..7 hang alone under first codes 1..4
+    codes = np.array([[0, 0, c] for c in range(4)] + [[c, 0, 0] for c in range(1, 5)])
+    trie = Trie(codes, np.arange(8), vocab_size=5)
+    decoder = decoder_for(5, 3, seed=1)
+    x = torch.randn(3, 4)
+    fast = beam_search(decoder, x, trie, beam_size=8)
+    # one root, then at most the one live beam (0, ...) per query: 3 steps in all
+    assert decoder.widths == [1, 1, 1]
+    scores, leaves = plain_beam_search(decoder, x, trie, beam_size=8)
+    assert (fast.leaves == leaves).all()
+
+
+def test_reduced_precision_stays_close_and_bad_dtype_is_refused():
+    rng = np.random.default_rng(0)
+    trie = Trie(rng.integers(0, 8, (300, 3)), np.arange(300), 8)
+    decoder = decoder_for(8, 3, seed=2)
+    x = torch.randn(6, 4)
+    exact = beam_search(decoder, x, trie, 5)
+    half = beam_search(decoder, x, trie, 5, dtype=torch.bfloat16)
+    torch.testing.assert_close(half.scores, exact.scores, atol=0.1, rtol=0)
+    assert (half.leaves[:, 0] == exact.leaves[:, 0]).float().mean() >= 0.8
+    with pytest.raises(ValueError, match="dtype"):
+        beam_search(decoder, x, trie, 5, dtype=torch.int8)
+
+
+def test_timings_cover_every_part():
+    trie = Trie(np.array([[0, 1], [1, 1], [1, 0]]), np.arange(3), 2)
+    timings: dict[str, float] = {}
+    beam_search(decoder_for(2, 2, seed=3), torch.randn(2, 4), trie, 2, timings=timings)
+    assert set(timings) == set(TIMED_PARTS) and all(t >= 0 for t in timings.values())
+
+
+def test_one_memory_token_shortcut_equals_attention():
+    torch.manual_seed(0)
+    decoder = Decoder(CONFIG, 4, 2, memory=4).eval()
+    cross = decoder.blocks[0].cross
+    x, memory = torch.randn(3, 5, 16), torch.randn(3, 1, 16)
+    kv = cross.memory_kv(memory)
+    with torch.no_grad():
+        fast = cross(x, kv).expand(3, 5, 16)
+        q = cross.q(x).view(3, 5, 2, 8).transpose(1, 2)
+        full = F.scaled_dot_product_attention(q, *kv).transpose(1, 2).reshape(3, 5, 16)
+        torch.testing.assert_close(fast, cross.c_proj(full))
+
+
+def test_storage_is_compact_and_shared_with_the_cpu_tables():
+    rng = np.random.default_rng(0)
+    trie = Trie(rng.integers(0, 256, (5000, 4)), np.arange(5000) * 7, 256)
+    assert trie.codes.dtype == np.uint8 and trie.ids.dtype == np.int64
+    assert trie.leaf_ptr.dtype == np.int32
+    assert all(p.dtype == np.int32 for p in trie.child_ptr)
+    assert all(c.dtype == np.uint8 for c in trie.child_code)
+    tables = trie.tables("cpu")
+    assert tables.ids.data_ptr() == trie.ids.ctypes.data  # no copy on the CPU
+    assert trie.nbytes() >= trie.codes.nbytes + trie.ids.nbytes
+    assert Trie(rng.integers(0, 300, (10, 2)), np.arange(10), 300).codes.dtype == np.uint16
+
+
+@pytest.mark.parametrize("vocab", [3, 70_000])  # one packed sort key / a lexicographic sort
+def test_leaf_ranges_and_order_match_brute_force(vocab):
+    rng = np.random.default_rng(vocab)
+    codes = rng.integers(0, min(vocab, 4), (200, 5)) * (vocab // 4 or 1)
+    ids = rng.permutation(10**6)[:200]
+    trie = Trie(codes, ids, vocab)
+    order = np.lexsort((ids, *codes.T[::-1]))
+    assert (trie.ids == ids[order]).all() and (trie.codes == codes[order]).all()
+    leaf_of = {tuple(row): leaf for leaf, row in enumerate(np.unique(codes, axis=0).tolist())}
+    for depth in range(6):
+        under = defaultdict(set)
+        for row in codes.tolist():
+            under[tuple(row[:depth])].add(leaf_of[tuple(row)])
+        prefixes = sorted(under)
+        nodes = torch.arange(len(prefixes))  # nodes are numbered in sorted prefix order
+        first, count = trie.leaf_range(depth, nodes)
+        for prefix, f, c in zip(prefixes, first.tolist(), count.tolist()):
+            assert set(range(f, f + c)) == under[prefix]
+
+
+@pytest.mark.parametrize("limit", [0, 1 << 18])  # CSR levels / dense levels
+def test_node_minus_one_has_no_children(limit, monkeypatch):
+    from genindex import trie as trie_module
+
+    monkeypatch.setattr(trie_module, "DENSE_TABLE_LIMIT", limit)
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, 5, (40, 3))
+    trie = Trie(codes, np.arange(40), 5)
+    for depth in range(3):
+        nodes = torch.tensor([-1, 0, trie.num_nodes(depth) - 1, -1])
+        child = trie.children(depth, nodes)
+        assert (child[[0, 3]] == -1).all()
+        assert (child[1] >= 0).any() and (child[2] >= 0).any()
+        assert torch.equal(child[1:3], trie.children(depth, nodes[1:3]))
