@@ -32,9 +32,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import datasets, metrics  # noqa: E402
+from benchmarks.run import features  # noqa: E402
 from genindex import GenerativeIndex, IndexConfig  # noqa: E402
 from genindex.backbones import get_backbone  # noqa: E402
-from genindex.extract import extract_features, open_cache  # noqa: E402
 
 KS = (1, 3, 10)
 MAP_K = 100
@@ -157,14 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     config = IndexConfig.from_json(args.config.read_text()) if args.config else IndexConfig()
     data = datasets.load(args.dataset, args.data_root, args.limit)
-    backbone = get_backbone(args.backbone).to(args.device)
-    cache = open_cache(backbone, None)
-    db, queries = (extract_features(backbone, images, cache=cache,
-                                    device=torch.device(args.device), progress=not args.quiet)
-                   for images in (data.db_images, data.query_images))
-    print(f"{args.dataset}: {len(db)} database items, {len(queries)} queries, "
-          f"{len(np.unique(data.db_labels))} classes", flush=True)
-    rows = fresh_rows(np.asarray(db), np.asarray(queries), np.asarray(data.db_labels),
+    db, queries = features(args, data, get_backbone(args.backbone).to(args.device))
+    rows = fresh_rows(db, queries, np.asarray(data.db_labels),
                       np.asarray(data.query_labels), config, device=args.device,
                       progress=not args.quiet, steps=args.steps, replay=args.replay,
                       unlabelled=args.unlabelled, seed=args.seed)

@@ -119,11 +119,7 @@ def as_labels(labels: Any, n: int, *, min_classes: int = 2,
 
 
 def as_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"k must be an integer, got {type(k).__name__}")
-    if k <= 0:
-        raise ValueError(f"k must be >= 1, got {k}")
-    return int(k)
+    return as_positive_int(k, "k")
 
 
 def as_beam_size(beam_size: Any, k: int) -> int:
