@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import datasets, metrics  # noqa: E402
-from benchmarks.run import features  # noqa: E402
+from benchmarks.run import features, genindex_config  # noqa: E402
 from genindex import GenerativeIndex, IndexConfig  # noqa: E402
 from genindex.backbones import get_backbone  # noqa: E402
 
@@ -46,7 +46,8 @@ def parse_args(argv):
     parser.add_argument("--data-root", help="where the data set lives or is fetched to")
     parser.add_argument("--limit", type=int, help="keep only the first N classes")
     parser.add_argument("--backbone", default="efficientnet-lite0")
-    parser.add_argument("--config", type=Path, help="IndexConfig as JSON (default: defaults)")
+    parser.add_argument("--config", help="IndexConfig as JSON; default: as run.py, "
+                        "benchmarks/configs/<dataset>.json where it exists, else 'default'")
     parser.add_argument("--steps", type=int, help="refresh steps (default: refresh's default)")
     parser.add_argument("--replay", type=float, default=1.0, help="old items per new item")
     parser.add_argument("--unlabelled", action="store_true", help="also refresh without labels")
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = IndexConfig.from_json(args.config.read_text()) if args.config else IndexConfig()
+    config = genindex_config(args.config, args.dataset)[0] or IndexConfig()
     data = datasets.load(args.dataset, args.data_root, args.limit)
     db, queries = features(args, data, get_backbone(args.backbone).to(args.device))
     rows = fresh_rows(db, queries, np.asarray(data.db_labels),

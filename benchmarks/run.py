@@ -32,6 +32,7 @@ from genindex import IndexConfig  # noqa: E402
 from genindex.backbones import get_backbone  # noqa: E402
 from genindex.extract import extract_features, open_cache  # noqa: E402
 
+CONFIGS = Path(__file__).resolve().parent / "configs"
 K_PRECISION = {"inshop": (1, 10, 20, 30), "cub200": (1, 2, 4, 8), "cars196": (1, 2, 4, 8)}
 DEFAULT_K = (1, 3, 10)
 MRR_K = (1, 2, 4, 8)
@@ -50,8 +51,10 @@ def parse_args(argv):
                         help="exact-search metric (default: cosine for CLIP, else L2)")
     parser.add_argument("--methods", default=",".join(METHODS),
                         help=f"comma-separated, from {','.join(METHODS)}")
-    parser.add_argument("--config", type=Path, help="genindex IndexConfig as JSON "
-                        "(end_to_end: true fine-tunes the backbone on the images, the paper)")
+    parser.add_argument("--config", help="genindex IndexConfig as JSON (end_to_end: true "
+                        "fine-tunes the backbone on the images, the paper); default: "
+                        "benchmarks/configs/<dataset>.json where it exists, else 'default', "
+                        "the IndexConfig defaults")
     parser.add_argument("--no-ft", action="store_true",
                         help="skip the FT baseline (the ANN methods on fine-tuned features)")
     parser.add_argument("--beam-sizes", default="1,10,20,30",
@@ -71,6 +74,17 @@ def parse_args(argv):
 
 def _split(text: str) -> list[str]:
     return [part for part in text.split(",") if part]
+
+
+def genindex_config(choice: str | None, dataset: str) -> tuple[IndexConfig | None, str]:
+    """The genindex build parameters and their name: a data set's tuned file, or defaults."""
+    if choice == "default" or (choice is None and not (CONFIGS / f"{dataset}.json").exists()):
+        return None, "default"
+    path = Path(choice) if choice else CONFIGS / f"{dataset}.json"
+    if not path.is_file():
+        raise SystemExit(f"run.py: error: --config {choice}: no such file")
+    return IndexConfig.from_json(path.read_text()), str(path.relative_to(CONFIGS.parent.parent)
+                                                        if path.is_relative_to(CONFIGS) else path)
 
 
 def make_methods(names: list[str], args, metric: str, n: int, config, backbone):
@@ -127,6 +141,8 @@ def run_methods(args, data, db, queries, names, metric, config, ks, backbone, la
                "build_s": build_s, "bytes": method.nbytes(), "pr_curve": pr_curve(ids, data)}
         if getattr(method, "note", None):
             row["note"] = method.note
+        if method.name == "genindex":
+            row["note"] = f"config: {args.config_name}"
         rows.append(row)
         print(f"{method.name} ({label}): built in {build_s:.1f} s, searched in {search_s:.1f} s"
               + (f" ({row['note']})" if "note" in row else ""), flush=True)
@@ -175,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = IndexConfig.from_json(args.config.read_text()) if args.config else None
+    config, args.config_name = genindex_config(args.config, args.dataset)
     data = datasets.load(args.dataset, args.data_root, args.limit)
     backbone = get_backbone(args.backbone).to(args.device)
     metric = args.metric or ("cosine" if backbone.spec()["kind"] == "open_clip" else "l2")

@@ -212,7 +212,8 @@ class Decoder(nn.Module):
         logits = self._logits(self.ln_f(h), first_level=0)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, self.vocab_size), targets.reshape(-1))
+            loss = F.cross_entropy(logits.reshape(-1, self.vocab_size), targets.reshape(-1),
+                                   label_smoothing=self.config.label_smoothing)
         return logits, loss
 
     def start(self, x: torch.Tensor) -> DecodeState:

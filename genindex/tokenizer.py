@@ -16,6 +16,12 @@ Choices the paper leaves open, made here:
   class share identifier prefixes, which is what makes precision@K high.
 * Codebooks are refit by k-means on the current features (see
   :func:`genindex.train.train_tokenizer` for why not an EMA).
+* Optionally (``TokenizerConfig(identifiers="class")``) an item's identifier
+  is not the code of its own f_cls but that of its class centre: the
+  normalised mean f_cls of the training items of the class the classifier
+  assigns it to. Every class then has exactly one identifier (the limit the
+  classification losses pull towards), which with few images per class
+  makes the decoder's targets consistent (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -130,6 +136,12 @@ class SemanticTokenizer(nn.Module):
             self.classifier = CosineClassifier(dim, num_classes, config.scale, config.margin)
         self.quantizer = ResidualQuantizer(config.num_codebooks,
                                            codebook_size or config.codebook_size, dim)
+        # with identifiers="class": the identifier of every class's centre (set_class_codes)
+        class_codes = None
+        if num_classes is not None and config.identifiers == "class":
+            class_codes = torch.zeros(num_classes, config.num_codebooks, dtype=torch.long)
+        self.class_codes: torch.Tensor | None
+        self.register_buffer("class_codes", class_codes)
 
     @property
     def supervised(self) -> bool:
@@ -150,8 +162,23 @@ class SemanticTokenizer(nn.Module):
         if not len(x):
             return torch.zeros(0, self.quantizer.num_codebooks, dtype=torch.long,
                                device=x.device)
-        return torch.cat([self.quantizer.encode(self.features(chunk))
+        return torch.cat([self._encode_features(self.features(chunk))
                           for chunk in x.split(chunk_size(x))])
+
+    def _encode_features(self, f: torch.Tensor) -> torch.Tensor:
+        if self.class_codes is None:
+            return self.quantizer.encode(f)
+        return self.class_codes[self.classifier(f).argmax(dim=1)]
+
+    @torch.no_grad()
+    def set_class_codes(self, x: torch.Tensor, labels: torch.Tensor) -> None:
+        """Give every class the code of its centre: its items' normalised mean f_cls."""
+        if self.class_codes is None:
+            raise RuntimeError("set_class_codes needs TokenizerConfig(identifiers='class') "
+                               "and labels")
+        f = torch.cat([self.features(chunk).float() for chunk in x.split(chunk_size(x))])
+        sums = f.new_zeros(len(self.class_codes), f.shape[1]).index_add_(0, labels, f)
+        self.class_codes.copy_(self.quantizer.encode(F.normalize(sums, dim=1)))
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """The reconstruction of f_cls from its codes, (n, D)."""

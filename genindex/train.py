@@ -83,8 +83,11 @@ def train_tokenizer(x: torch.Tensor, labels: torch.Tensor | None, config: IndexC
         history.append(distributed.mean(sum(losses) / len(losses), x.device))
         bar.set_postfix(loss=f"{history[-1]:.4f}")
     tokenizer.quantizer.fit(_features(tokenizer, x), tc.kmeans_iters, generator)
-    distributed.sync_buffers(tokenizer)  # every rank encodes with rank 0's codebooks
     tokenizer.eval()
+    if tokenizer.class_codes is not None:
+        with autocast(x.device):
+            tokenizer.set_class_codes(x, labels)
+    distributed.sync_buffers(tokenizer)  # every rank encodes with rank 0's codebooks
     return tokenizer, history
 
 

@@ -20,12 +20,26 @@ def test_forward_shapes_and_loss():
     x, codes = torch.randn(6, 5), torch.randint(0, 7, (6, 4))
     logits, loss = decoder(x, codes[:, :-1], codes)
     assert logits.shape == (6, 4, 7)
-    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 7), codes.reshape(-1))
-    assert torch.allclose(loss, expected)
+    smoothing = CONFIG.label_smoothing
+    assert smoothing > 0  # the default: the loss mixes the target with a uniform one
+    log_p = torch.log_softmax(logits.reshape(-1, 7), dim=1)
+    nll = -log_p.gather(1, codes.reshape(-1, 1)).squeeze(1)
+    expected = ((1 - smoothing) * nll - smoothing * log_p.mean(dim=1)).mean()
+    assert torch.allclose(loss, expected, atol=1e-6)
     logits_only, no_loss = decoder(x, codes[:, :2])
     assert logits_only.shape == (6, 3, 7) and no_loss is None
     # a prefix only sees itself: the first logits do not depend on later codes
     assert torch.allclose(logits_only, logits[:, :3], atol=1e-5)
+
+
+def test_without_label_smoothing_the_loss_is_the_plain_cross_entropy():
+    torch.manual_seed(0)
+    config = DecoderConfig(n_layer=2, n_head=2, n_embd=16, dropout=0.0, label_smoothing=0.0)
+    decoder = Decoder(config, vocab_size=7, num_levels=4, memory=5).eval()
+    x, codes = torch.randn(6, 5), torch.randint(0, 7, (6, 4))
+    logits, loss = decoder(x, codes[:, :-1], codes)
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 7), codes.reshape(-1))
+    assert torch.allclose(loss, expected)
 
 
 @torch.no_grad()

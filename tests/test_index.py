@@ -257,3 +257,24 @@ def test_small_data_sets_train_for_at_least_min_steps():
     assert num_epochs(40, 1200, n=4000, batch_size=128) == 40  # 32 steps an epoch
     assert num_epochs(40, 1200, n=300, batch_size=128) == 400  # 3 steps an epoch
     assert num_epochs(40, 0, n=10, batch_size=128) == 40
+
+
+def test_class_identifiers_survive_save_load_and_group_each_class(tmp_path):
+    from .helpers import clustered
+
+    x, labels = clustered(num_classes=10, per_class=8, d=16, noise=0.5, seed=3)
+    tokenizer = {**TINY.to_dict()["tokenizer"], "identifiers": "class", "head": "linear"}
+    config = IndexConfig.from_dict({**TINY.to_dict(), "tokenizer": tokenizer})
+    index = GenerativeIndex.fit(x, labels, config, device="cpu", progress=False)
+    codes = index.encode(x)
+    # one identifier per assigned class: items with the same code row are one class
+    expected = index.tokenizer.class_codes.numpy()
+    assert all(any((row == c).all() for c in expected) for row in codes)
+    loaded = copy_of(index, tmp_path)
+    np.testing.assert_array_equal(loaded.tokenizer.class_codes.numpy(), expected)
+    np.testing.assert_array_equal(loaded.encode(x), codes)
+    a, b = index.search(x, 8), loaded.search(x, 8)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    # the first hit of a training item is an item of its own class, as a linear scan finds
+    assert (labels[a.ids[:, 0]] == labels).mean() >= 0.9

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -105,3 +107,44 @@ def test_supervised_features_are_unit_vectors():
     tokenizer = SemanticTokenizer(6, TokenizerConfig(num_codebooks=2, codebook_size=4, dim=8), 3)
     f = tokenizer.features(torch.randn(10, 6))
     assert torch.allclose(f.norm(dim=1), torch.ones(10), atol=1e-5)
+
+
+def _class_tokenizer(identifiers: str, seed: int = 0):
+    from tests.helpers import TINY, clustered
+
+    x, labels = clustered(num_classes=12, per_class=6, d=16, noise=0.6, seed=seed)
+    config = TINY.replace(tokenizer=dataclasses.replace(
+        TINY.tokenizer, identifiers=identifiers, head="linear", codebook_size=8))
+    x, labels = torch.from_numpy(x), torch.from_numpy(labels)
+    tokenizer, _ = train_tokenizer(x, labels, config, torch.Generator().manual_seed(seed),
+                                   progress=False)
+    return tokenizer, x, labels
+
+
+def test_class_identifiers_are_the_codes_of_the_class_centres():
+    tokenizer, x, labels = _class_tokenizer("class")
+    with torch.no_grad():
+        f = tokenizer.features(x)
+        centres = torch.stack([f[labels == c].mean(0) for c in range(12)])
+        expected = tokenizer.quantizer.encode(torch.nn.functional.normalize(centres, dim=1))
+        assigned = tokenizer.classifier(f).argmax(1)
+    assert torch.equal(tokenizer.class_codes, expected)
+    # an item's identifier is its assigned class's: one identifier per class
+    assert torch.equal(tokenizer.encode(x), expected[assigned])
+    assert (assigned == labels).float().mean() > 0.9  # the classifier learnt the classes
+
+
+def test_feature_identifiers_quantize_each_items_own_feature():
+    tokenizer, x, _ = _class_tokenizer("feature")
+    assert tokenizer.class_codes is None
+    with torch.no_grad():
+        assert torch.equal(tokenizer.encode(x), tokenizer.quantizer.encode(tokenizer.features(x)))
+
+
+def test_class_identifiers_need_labels_to_be_set():
+    tokenizer = SemanticTokenizer(6, TokenizerConfig(identifiers="class"), None)
+    assert tokenizer.class_codes is None  # unlabelled: plain RQ of the input
+    with pytest.raises(RuntimeError, match="identifiers='class'"):
+        tokenizer.set_class_codes(torch.randn(4, 6), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="identifiers must be 'feature' or 'class'"):
+        TokenizerConfig(identifiers="item")

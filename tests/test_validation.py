@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from genindex import GenerativeIndex, IndexConfig, IndexFormatError
+from genindex import DecoderConfig, GenerativeIndex, IndexConfig, IndexFormatError
 from genindex.checks import NotTrainedError
 
 from .helpers import TINY
@@ -259,6 +259,10 @@ def test_undecodable_images_are_named_and_change_nothing(tiny_vit, images, tmp_p
 
 
 def test_configs_refuse_bad_values():
+    with pytest.raises(ValueError, match="label_smoothing must be < 1"):
+        DecoderConfig(label_smoothing=1.0)
+    with pytest.raises(ValueError, match="label_smoothing must be >= 0"):
+        DecoderConfig(label_smoothing=-0.1)
     with pytest.raises(ValueError, match="seed must be >= 0"):
         IndexConfig(seed=-1)
     with pytest.raises(ValueError, match="unknown fields"):
