@@ -171,18 +171,19 @@ class SemanticTokenizer(nn.Module):
         return self.class_codes[self.classifier(f).argmax(dim=1)]
 
     @torch.no_grad()
-    def set_class_codes(self, x: torch.Tensor, labels: torch.Tensor) -> None:
-        """Give every class the code of its centre: its items' normalised mean f_cls."""
+    def class_centres(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(C, D): every class's normalised mean f_cls over its items in ``x``."""
+        f = torch.cat([self.features(chunk).float() for chunk in x.split(chunk_size(x))])
+        sums = f.new_zeros(int(self.num_classes), f.shape[1]).index_add_(0, labels, f)
+        return F.normalize(sums, dim=1)
+
+    @torch.no_grad()
+    def set_class_codes(self, centres: torch.Tensor) -> None:
+        """Give every class the code of its centre (see :meth:`class_centres`)."""
         if self.class_codes is None:
             raise RuntimeError("set_class_codes needs TokenizerConfig(identifiers='class') "
                                "and labels")
-        f = torch.cat([self.features(chunk).float() for chunk in x.split(chunk_size(x))])
-        sums = f.new_zeros(len(self.class_codes), f.shape[1]).index_add_(0, labels, f)
-        self.class_codes.copy_(self.quantizer.encode(F.normalize(sums, dim=1)))
-
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """The reconstruction of f_cls from its codes, (n, D)."""
-        return self.quantizer.decode(codes)
+        self.class_codes.copy_(self.quantizer.encode(centres))
 
     def loss(self, x: torch.Tensor, labels: torch.Tensor,
              lambda1: float, lambda2: float) -> torch.Tensor:

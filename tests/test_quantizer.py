@@ -109,13 +109,14 @@ def test_supervised_features_are_unit_vectors():
     assert torch.allclose(f.norm(dim=1), torch.ones(10), atol=1e-5)
 
 
-def _class_tokenizer(identifiers: str, seed: int = 0):
+def _class_tokenizer(identifiers: str, seed: int = 0, size: int = 8):
     from tests.helpers import TINY, clustered
 
-    x, labels = clustered(num_classes=12, per_class=6, d=16, noise=0.6, seed=seed)
+    x, labels = clustered(num_classes=12, per_class=6, d=16, noise=0.4, seed=seed)
     config = TINY.replace(tokenizer=dataclasses.replace(
-        TINY.tokenizer, identifiers=identifiers, head="linear", codebook_size=8))
+        TINY.tokenizer, identifiers=identifiers, head="linear", codebook_size=size))
     x, labels = torch.from_numpy(x), torch.from_numpy(labels)
+    torch.manual_seed(seed)  # the heads' initial weights
     tokenizer, _ = train_tokenizer(x, labels, config, torch.Generator().manual_seed(seed),
                                    progress=False)
     return tokenizer, x, labels
@@ -134,6 +135,17 @@ def test_class_identifiers_are_the_codes_of_the_class_centres():
     assert (assigned == labels).float().mean() > 0.9  # the classifier learnt the classes
 
 
+def test_with_more_codes_than_classes_each_class_gets_its_own_first_code():
+    tokenizer, x, labels = _class_tokenizer("class", size=64)
+    assert tokenizer.quantizer.codebook_size == 12  # L shrunk to the number of classes
+    assert len(set(tokenizer.class_codes[:, 0].tolist())) == 12
+    with torch.no_grad():
+        f = tokenizer.features(x)
+        centres = torch.stack([f[labels == c].mean(0) for c in range(12)])
+    assert torch.allclose(tokenizer.class_centres(x, labels),
+                          torch.nn.functional.normalize(centres, dim=1), atol=1e-6)
+
+
 def test_feature_identifiers_quantize_each_items_own_feature():
     tokenizer, x, _ = _class_tokenizer("feature")
     assert tokenizer.class_codes is None
@@ -145,6 +157,6 @@ def test_class_identifiers_need_labels_to_be_set():
     tokenizer = SemanticTokenizer(6, TokenizerConfig(identifiers="class"), None)
     assert tokenizer.class_codes is None  # unlabelled: plain RQ of the input
     with pytest.raises(RuntimeError, match="identifiers='class'"):
-        tokenizer.set_class_codes(torch.randn(4, 6), torch.zeros(4, dtype=torch.long))
+        tokenizer.set_class_codes(torch.randn(3, 6))
     with pytest.raises(ValueError, match="identifiers must be 'feature' or 'class'"):
         TokenizerConfig(identifiers="item")
