@@ -60,6 +60,11 @@ class ResidualQuantizer(nn.Module):
         """Set codebook m by k-means on the residuals left by codebooks < m."""
         residual = f.detach().float()
         for m in range(self.num_codebooks):
+            if residual.abs().max() <= 1e-6 * f.abs().max():
+                # nothing left to quantize (e.g. one codeword per point above): a zero
+                # codebook gives every item code 0 here instead of codes picked by rounding
+                self.codebooks[m:] = 0
+                return
             self.codebooks[m] = kmeans(residual, self.codebook_size, iters, generator)
             labels, _ = assign(residual, self.codebooks[m])
             residual = residual - self.codebooks[m][labels]
@@ -184,6 +189,10 @@ class SemanticTokenizer(nn.Module):
             raise RuntimeError("set_class_codes needs TokenizerConfig(identifiers='class') "
                                "and labels")
         self.class_codes.copy_(self.quantizer.encode(centres))
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """The reconstruction of f_cls from its codes, (n, D)."""
+        return self.quantizer.decode(codes)
 
     def loss(self, x: torch.Tensor, labels: torch.Tensor,
              lambda1: float, lambda2: float) -> torch.Tensor:

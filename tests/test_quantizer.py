@@ -135,15 +135,23 @@ def test_class_identifiers_are_the_codes_of_the_class_centres():
     assert (assigned == labels).float().mean() > 0.9  # the classifier learnt the classes
 
 
-def test_with_more_codes_than_classes_each_class_gets_its_own_first_code():
-    tokenizer, x, labels = _class_tokenizer("class", size=64)
-    assert tokenizer.quantizer.codebook_size == 12  # L shrunk to the number of classes
-    assert len(set(tokenizer.class_codes[:, 0].tolist())) == 12
+def test_class_centres_are_the_normalised_class_means():
+    tokenizer, x, labels = _class_tokenizer("class")
     with torch.no_grad():
         f = tokenizer.features(x)
         centres = torch.stack([f[labels == c].mean(0) for c in range(12)])
     assert torch.allclose(tokenizer.class_centres(x, labels),
                           torch.nn.functional.normalize(centres, dim=1), atol=1e-6)
+
+
+def test_levels_with_nothing_left_to_quantize_get_code_zero():
+    x = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    quantizer = ResidualQuantizer(3, 6, 4)  # one codeword per point at the first level
+    quantizer.fit(x, 5, torch.Generator().manual_seed(0))
+    codes = quantizer.encode(x)
+    assert sorted(codes[:, 0].tolist()) == list(range(6))
+    assert not codes[:, 1:].any() and not quantizer.codebooks[1:].any()
+    assert torch.allclose(quantizer.decode(codes), x)
 
 
 def test_feature_identifiers_quantize_each_items_own_feature():
