@@ -90,3 +90,19 @@ def test_identifier_ablation_variants_return_valid_ids(data):
         assert found.shape == (10, 5) and length >= 1
         assert ((found >= 0) & (found < len(x))).all()
         assert all(len(set(row)) == 5 for row in found)  # no id twice
+
+
+def test_run_reads_a_data_sets_tuned_config_unless_told_otherwise(tmp_path):
+    from benchmarks.run import genindex_config
+
+    config, name = genindex_config(None, "emoji")
+    assert name == "benchmarks/configs/emoji.json"
+    assert config.tokenizer.identifiers == "class" and config.tokenizer.head == "linear"
+    assert genindex_config(None, "digits") == (None, "default")  # no tuned file
+    assert genindex_config("default", "emoji") == (None, "default")
+    own = tmp_path / "mine.json"
+    own.write_text('{"seed": 3}')
+    config, name = genindex_config(str(own), "emoji")
+    assert config.seed == 3 and name == str(own)
+    with pytest.raises(SystemExit, match="no such file"):
+        genindex_config(str(tmp_path / "missing.json"), "emoji")
