@@ -74,9 +74,10 @@ class GenIndex(Method):
     name = "genindex"
 
     def __init__(self, config=None, backbone=None, device: str = "cpu",
-                 beam_size: int | None = None, progress: bool = True) -> None:
+                 beam_size: int | None = None, progress: bool = True,
+                 note: str | None = None) -> None:
         self.config, self.backbone, self.device = config, backbone, device
-        self.beam_size, self.progress = beam_size, progress
+        self.beam_size, self.progress, self.note = beam_size, progress, note
 
     def fit(self, db, labels, images=None):
         from genindex import GenerativeIndex

@@ -78,13 +78,14 @@ def _split(text: str) -> list[str]:
 
 def genindex_config(choice: str | None, dataset: str) -> tuple[IndexConfig | None, str]:
     """The genindex build parameters and their name: a data set's tuned file, or defaults."""
-    if choice == "default" or (choice is None and not (CONFIGS / f"{dataset}.json").exists()):
+    tuned = CONFIGS / f"{dataset}.json"
+    if choice == "default" or (choice is None and not tuned.exists()):
         return None, "default"
-    path = Path(choice) if choice else CONFIGS / f"{dataset}.json"
+    path, name = (tuned, f"benchmarks/configs/{tuned.name}") if choice is None \
+        else (Path(choice), choice)
     if not path.is_file():
         raise SystemExit(f"run.py: error: --config {choice}: no such file")
-    return IndexConfig.from_json(path.read_text()), str(path.relative_to(CONFIGS.parent.parent)
-                                                        if path.is_relative_to(CONFIGS) else path)
+    return IndexConfig.from_json(path.read_text()), name
 
 
 def make_methods(names: list[str], args, metric: str, n: int, config, backbone):
@@ -94,7 +95,8 @@ def make_methods(names: list[str], args, metric: str, n: int, config, backbone):
              "scann": lambda: ScaNN(metric),
              "diskann": lambda: DiskANN(metric),
              "genindex": lambda: GenIndex(config, backbone=backbone if end_to_end else None,
-                                          device=args.device, progress=not args.quiet)}
+                                          device=args.device, progress=not args.quiet,
+                                          note=f"config: {args.config_name}")}
     return [known[name]() for name in names]
 
 
@@ -141,8 +143,6 @@ def run_methods(args, data, db, queries, names, metric, config, ks, backbone, la
                "build_s": build_s, "bytes": method.nbytes(), "pr_curve": pr_curve(ids, data)}
         if getattr(method, "note", None):
             row["note"] = method.note
-        if method.name == "genindex":
-            row["note"] = f"config: {args.config_name}"
         rows.append(row)
         print(f"{method.name} ({label}): built in {build_s:.1f} s, searched in {search_s:.1f} s"
               + (f" ({row['note']})" if "note" in row else ""), flush=True)

@@ -176,10 +176,9 @@ class SemanticTokenizer(nn.Module):
         return self.class_codes[self.classifier(f).argmax(dim=1)]
 
     @torch.no_grad()
-    def class_centres(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """(C, D): every class's normalised mean f_cls over its items in ``x``."""
-        f = torch.cat([self.features(chunk).float() for chunk in x.split(chunk_size(x))])
-        sums = f.new_zeros(int(self.num_classes), f.shape[1]).index_add_(0, labels, f)
+    def class_centres(self, f: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(C, D): every class's normalised mean of the features ``f`` (n, D) of its items."""
+        sums = f.new_zeros(int(self.num_classes), f.shape[1]).index_add_(0, labels, f.float())
         return F.normalize(sums, dim=1)
 
     @torch.no_grad()

@@ -48,11 +48,11 @@ def train_tokenizer(x: torch.Tensor, labels: torch.Tensor | None, config: IndexC
     cannot place more centroids than there are points.
     """
     tc: TokenizerConfig = config.tokenizer
-    num_classes = None if labels is None else int(labels.max()) + 1
     size = min(tc.codebook_size, len(x))
     if size < tc.codebook_size:
         log.warning("only %d training items: codebook size L shrunk from %d to %d",
                     len(x), tc.codebook_size, size)
+    num_classes = None if labels is None else int(labels.max()) + 1
     input_dim = x.shape[1] if encoder is None else encoder.feature_dim
     tokenizer = SemanticTokenizer(input_dim, tc, num_classes, size, encoder).to(x.device)
     if labels is None:  # plain residual quantization of the input
@@ -82,13 +82,11 @@ def train_tokenizer(x: torch.Tensor, labels: torch.Tensor | None, config: IndexC
             losses.append(step(weighted(loss, weight), optimizer, schedule))
         history.append(distributed.mean(sum(losses) / len(losses), x.device))
         bar.set_postfix(loss=f"{history[-1]:.4f}")
-    tokenizer.quantizer.fit(_features(tokenizer, x), tc.kmeans_iters, generator)
+    features = _features(tokenizer, x)
+    tokenizer.quantizer.fit(features, tc.kmeans_iters, generator)
     tokenizer.eval()
-    if tokenizer.class_codes is not None:
-        # codebooks fit on the items, as the paper; fit on the 1,857 class centres of
-        # emoji instead (one first code per class) they gave P@1 61.2 against 67.9
-        with autocast(x.device):
-            tokenizer.set_class_codes(tokenizer.class_centres(x, labels))
+    if tokenizer.class_codes is not None:  # codebooks fit on the items, as the paper
+        tokenizer.set_class_codes(tokenizer.class_centres(features, labels))
     distributed.sync_buffers(tokenizer)  # every rank encodes with rank 0's codebooks
     return tokenizer, history
 
