@@ -74,6 +74,9 @@ class DecoderConfig:
     # Label smoothing of the cross-entropy on every code: on emoji it lifts
     # precision@1 by about 4 points (docs/benchmarks.md).
     label_smoothing: float = 0.1
+    # Train each code's softmax over the codes the index allows after its prefix,
+    # as beam search scores it, instead of over all L (docs/benchmarks.md).
+    constrained_loss: bool = False
     epochs: int = 40
     min_steps: int = 1200  # small data sets train for more epochs, up to this many steps
     batch_size: int = 128
@@ -89,6 +92,9 @@ class DecoderConfig:
         if not (self.dropout < 1 and self.input_dropout < 1 and self.label_smoothing < 1):
             raise ValueError("DecoderConfig: dropout, input_dropout and label_smoothing "
                              "must be < 1")
+        if not isinstance(self.constrained_loss, bool):
+            raise TypeError(f"DecoderConfig: constrained_loss must be a bool, "
+                            f"got {self.constrained_loss!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"DecoderConfig: n_embd={self.n_embd} must be divisible "
                              f"by n_head={self.n_head}")

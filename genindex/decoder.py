@@ -198,11 +198,14 @@ class Decoder(nn.Module):
             nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor, prefix: torch.Tensor,
-                targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                targets: torch.Tensor | None = None, allowed: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, t + 1, L) for the codes that follow each prefix of ``prefix`` (B, t).
 
         With ``targets`` (B, t + 1), also the mean cross-entropy; training passes
-        ``prefix = targets[:, :-1]``.
+        ``prefix = targets[:, :-1]``. With ``allowed`` (B, t + 1, L) bool, the
+        cross-entropy of each position is taken over its allowed codes only
+        (:func:`masked_cross_entropy`), as beam search scores them.
         """
         memory = self.memory(x)
         memory_kv = [block.cross.memory_kv(memory) for block in self.blocks]
@@ -211,9 +214,12 @@ class Decoder(nn.Module):
             h, _ = block(h, kv)
         logits = self._logits(self.ln_f(h), first_level=0)
         loss = None
-        if targets is not None:
+        smoothing = self.config.label_smoothing
+        if targets is not None and allowed is not None:
+            loss = masked_cross_entropy(logits, targets, allowed, smoothing)
+        elif targets is not None:
             loss = F.cross_entropy(logits.reshape(-1, self.vocab_size), targets.reshape(-1),
-                                   label_smoothing=self.config.label_smoothing)
+                                   label_smoothing=smoothing)
         return logits, loss
 
     def start(self, x: torch.Tensor) -> DecodeState:
@@ -256,6 +262,24 @@ class Decoder(nn.Module):
         """Apply the output layer of level ``first_level + i`` to position ``i`` of h."""
         weight = self.head[first_level:first_level + h.shape[-2]]
         return torch.einsum("...te,tle->...tl", h, weight)
+
+
+def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, allowed: torch.Tensor,
+                         smoothing: float = 0.0) -> torch.Tensor:
+    """Mean label-smoothed cross-entropy, each position's softmax over its allowed codes.
+
+    ``logits`` (..., L), ``targets`` (...) and ``allowed`` (..., L) bool, which must
+    mark every target. Smoothing spreads over the allowed codes, so a position
+    with one allowed code (forced: beam search gives it log-probability 0)
+    contributes exactly 0.
+    """
+    if not allowed.gather(-1, targets[..., None]).all():
+        raise ValueError("allowed: a target code is not allowed")
+    logp = logits.float().masked_fill(~allowed, float("-inf")).log_softmax(dim=-1)
+    logp = logp.masked_fill(~allowed, 0.0)
+    nll = -logp.gather(-1, targets[..., None])[..., 0]
+    uniform = -logp.sum(dim=-1) / allowed.sum(dim=-1)
+    return ((1 - smoothing) * nll + smoothing * uniform).mean()
 
 
 def _heads(x: torch.Tensor, n_head: int) -> torch.Tensor:

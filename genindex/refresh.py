@@ -28,6 +28,7 @@ from .config import IndexConfig
 from .decoder import Decoder
 from .state import State, codes_of, rows_of
 from .train import autocast, make_optimizer, step
+from .trie import Trie
 
 _DISTANCE_BLOCK = 1 << 24  # distances per block in the neighbour search (64 MiB)
 # Default length: 10 passes over the fresh items and their replay, at least 300
@@ -56,6 +57,7 @@ class RefreshData:
     codes: torch.Tensor  # (n, M) int64 identifiers
     fresh: np.ndarray  # (f,) int64 rows of the fresh items
     labels: np.ndarray | None  # (n,) int64 class indices, or None for neighbours
+    trie: Trie  # every identifier in the index: what beam search chooses among
 
 
 def refresh_data(state: State, labels: Any, ids: Any, device: torch.device) -> RefreshData:
@@ -79,7 +81,7 @@ def refresh_data(state: State, labels: Any, ids: Any, device: torch.device) -> R
     fresh = np.sort(order[rows_of(ids[order], state.fresh)])
     x = torch.from_numpy(state.vectors.get(ids)).to(device)
     codes = torch.from_numpy(codes_of(state.trie, ids).astype(np.int64)).to(device)
-    return RefreshData(x, codes, fresh.astype(np.int64), y)
+    return RefreshData(x, codes, fresh.astype(np.int64), y, state.trie)
 
 
 
@@ -102,6 +104,7 @@ def refresh_decoder(decoder: Decoder, data: RefreshData, config: IndexConfig, *,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = copy.deepcopy(decoder).requires_grad_(True)
+        allowed = data.trie.allowed if dc.constrained_loss else lambda targets: None
         optimizer, schedule = make_optimizer(model, dc.lr * LR_SCALE, config, steps * batch_size,
                                              batch_size, 1, 0)
         history = RefreshHistory(items=len(data.fresh), steps=steps)
@@ -119,7 +122,8 @@ def refresh_decoder(decoder: Decoder, data: RefreshData, config: IndexConfig, *,
                 inputs = partners.sample(batch, generator)
                 target = data.codes[batch.to(data.codes.device)]
                 with autocast(data.x.device):
-                    _, loss = model(data.x[inputs.to(data.x.device)], target[:, :-1], target)
+                    _, loss = model(data.x[inputs.to(data.x.device)], target[:, :-1], target,
+                                    allowed(target))
                 losses.append(step(loss, optimizer, schedule))
             done += len(losses)
             bar.update(len(losses))

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -24,6 +25,7 @@ from .backbones import Backbone
 from .config import DecoderConfig, IndexConfig, TokenizerConfig
 from .decoder import Decoder
 from .tokenizer import SemanticTokenizer, chunk_size
+from .trie import Trie
 
 log = logging.getLogger(__name__)
 _DISTANCE_BLOCK = 1 << 25  # distances per block in the neighbour search (128 MiB)
@@ -104,6 +106,7 @@ def train_decoder(decoder: Decoder, x: torch.Tensor, codes: torch.Tensor,
                                          epochs, dc.warmup_epochs)
     history: list[float] = []
     model = distributed.wrap(decoder)
+    allowed = allowed_codes(codes, decoder.vocab_size, dc.constrained_loss)
     bar = epoch_bar(epochs, "decoder", progress)
     for _ in bar:
         decoder.train()
@@ -112,13 +115,26 @@ def train_decoder(decoder: Decoder, x: torch.Tensor, codes: torch.Tensor,
         for batch in batches(len(x), dc.batch_size, generator, x.device):
             idx, weight = distributed.shard(batch)  # all of it on one process
             with autocast(x.device):
-                _, loss = model(x[idx], target[idx, :-1], target[idx])
+                _, loss = model(x[idx], target[idx, :-1], target[idx], allowed(target[idx]))
             losses.append(step(weighted(loss, weight), optimizer, schedule))
         history.append(distributed.mean(sum(losses) / len(losses), x.device))
         bar.set_postfix(loss=f"{history[-1]:.4f}")
     distributed.sync_buffers(decoder)
     decoder.eval()
     return history
+
+
+def allowed_codes(codes: torch.Tensor, vocab_size: int,
+                  constrained: bool) -> Callable[[torch.Tensor], torch.Tensor | None]:
+    """For a batch of targets drawn from ``codes`` (n, M), the codes the loss ranges over.
+
+    Constrained: at every level, the codes that follow the target's prefix among
+    the identifiers ``codes`` (what beam search chooses among); else None (all L).
+    """
+    if not constrained:
+        return lambda targets: None
+    trie = Trie(codes.cpu().numpy(), np.arange(len(codes)), vocab_size)
+    return trie.allowed
 
 
 class PartnerSampler:

@@ -166,6 +166,23 @@ class Trie:
             nodes = torch.where(valid, step.long(), -1)
         return nodes.numpy()
 
+    def allowed(self, codes: torch.Tensor) -> torch.Tensor:
+        """(n, M, L) bool: the codes allowed after every prefix of ``codes`` (n, M).
+
+        Row ``i``, level ``m`` marks the codes that follow ``codes[i, :m]`` in
+        the trie: what beam search chooses among at that step. Every identifier
+        in ``codes`` must be in the trie.
+        """
+        nodes = torch.zeros(len(codes), dtype=torch.long, device=codes.device)
+        masks = []
+        for depth in range(self.num_levels):
+            child = self.children(depth, nodes)
+            nodes = child.gather(1, codes[:, depth:depth + 1])[:, 0].long()
+            if (nodes < 0).any():
+                raise ValueError("codes: an identifier is not in the trie")
+            masks.append(child >= 0)
+        return torch.stack(masks, dim=1)
+
     def tables(self, device: torch.device | str) -> _DeviceTables:
         """The lookup arrays as tensors on ``device``, built once and cached."""
         device = torch.device(device)

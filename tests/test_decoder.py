@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
+import torch.nn.functional as F
 
 from genindex.config import DecoderConfig
-from genindex.decoder import Decoder
+from genindex.decoder import Decoder, masked_cross_entropy
 
 CONFIG = DecoderConfig(n_layer=2, n_head=2, n_embd=16, n_memory=3, dropout=0.0)
 
@@ -70,3 +72,38 @@ def test_cached_steps_equal_full_forward_with_beams_reordered():
     logits = decoder.step(state, swapped[:, :, 1])
     assert torch.allclose(logits, full.gather(1, perm[:, :, None, None].expand(
         -1, -1, levels, 7))[:, :, 2], atol=1e-5)
+
+
+def test_masked_loss_over_every_code_is_the_smoothed_cross_entropy():
+    decoder = make_decoder()
+    x, codes = torch.randn(6, 5), torch.randint(0, 7, (6, 4))
+    _, loss = decoder(x, codes[:, :-1], codes)
+    _, masked = decoder(x, codes[:, :-1], codes, torch.ones(6, 4, 7, dtype=torch.bool))
+    assert torch.allclose(masked, loss, atol=1e-6)
+
+
+def test_masked_loss_is_the_cross_entropy_among_the_allowed_codes():
+    torch.manual_seed(1)
+    logits, smoothing = torch.randn(3, 5), 0.2
+    allowed = torch.tensor([[1, 0, 1, 1, 0], [0, 1, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    targets = torch.tensor([3, 1, 0])
+    loss = masked_cross_entropy(logits, targets, allowed, smoothing)
+    # by hand: row 0 is a 3-way problem over codes 0, 2, 3 (target at place 2);
+    # row 1 is forced (one allowed code) and adds 0; row 2 is the plain loss
+    row0 = F.cross_entropy(logits[0, [0, 2, 3]][None], torch.tensor([2]),
+                           label_smoothing=smoothing)
+    row2 = F.cross_entropy(logits[2][None], targets[2:], label_smoothing=smoothing)
+    assert torch.allclose(loss, (row0 + row2) / 3, atol=1e-6)
+    with pytest.raises(ValueError, match="target code is not allowed"):
+        masked_cross_entropy(logits, torch.tensor([1, 1, 0]), allowed, smoothing)
+
+
+def test_forced_levels_give_no_gradient_to_their_output_layer():
+    decoder = make_decoder().train()
+    x, codes = torch.randn(6, 5), torch.randint(0, 7, (6, 4))
+    allowed = torch.ones(6, 4, 7, dtype=torch.bool)
+    allowed[:, 2] = F.one_hot(codes[:, 2], 7).bool()  # level 2 has one choice everywhere
+    _, loss = decoder(x, codes[:, :-1], codes, allowed)
+    loss.backward()
+    assert decoder.head.grad[2].abs().max() == 0
+    assert decoder.head.grad[[0, 1, 3]].abs().max() > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -277,4 +278,17 @@ def test_class_identifiers_survive_save_load_and_group_each_class(tmp_path):
     np.testing.assert_array_equal(a.ids, b.ids)
     np.testing.assert_array_equal(a.scores, b.scores)
     # the first hit of a training item is an item of its own class, as a linear scan finds
+    assert (labels[a.ids[:, 0]] == labels).mean() >= 0.9
+
+
+def test_constrained_loss_index_learns_and_survives_save_load(data, tmp_path):
+    x, labels = data
+    config = TINY.replace(decoder=dataclasses.replace(TINY.decoder, constrained_loss=True))
+    index = GenerativeIndex.fit(x, labels, config, device="cpu", progress=False)
+    loaded = copy_of(index, tmp_path)
+    assert loaded.config.decoder.constrained_loss
+    a, b = index.search(x, 5), loaded.search(x, 5)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    # the items found first are of the query's class, as a linear scan finds them
     assert (labels[a.ids[:, 0]] == labels).mean() >= 0.9

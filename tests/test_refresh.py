@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -52,12 +53,16 @@ def test_refresh_changes_only_the_decoder_of_its_own_index(trained, data):
 
 @pytest.fixture(scope="module")
 def half_added():
-    """Trained on half of each class; the other half added afterwards."""
+    return half_added_with(TINY)
+
+
+def half_added_with(config):
+    """Trained with ``config`` on half of each class; the other half added afterwards."""
     x, labels = clustered(num_classes=30, per_class=12, noise=0.5, seed=1)
     rng = np.random.default_rng(0)
     queries = x + 0.5 * rng.standard_normal(x.shape).astype(np.float32)
     old = np.arange(len(x)) % 12 < 6
-    index = GenerativeIndex.fit(x[old], labels[old], TINY, device="cpu", progress=False)
+    index = GenerativeIndex.fit(x[old], labels[old], config, device="cpu", progress=False)
     index.add(x[~old])
     label_of_id = np.r_[labels[old], labels[~old]]
     return index, queries, labels, label_of_id, int(old.sum())
@@ -80,6 +85,17 @@ def test_refresh_teaches_new_items_without_forgetting_old_ones(half_added):
         old_after, new_after = found(refreshed, queries, query_labels, label_of_id, first_new)
         assert new_after > new_before + 0.1, (new_before, new_after)
         assert old_after > old_before - 0.05, (old_before, old_after)
+
+
+def test_refresh_with_the_constrained_loss_teaches_new_items():
+    # the loss ranges over the codes the index's trie allows, new items' included
+    config = TINY.replace(decoder=dataclasses.replace(TINY.decoder, constrained_loss=True))
+    index, queries, query_labels, label_of_id, first_new = half_added_with(config)
+    old_before, new_before = found(index, queries, query_labels, label_of_id, first_new)
+    index.refresh(label_of_id, steps=300)
+    old_after, new_after = found(index, queries, query_labels, label_of_id, first_new)
+    assert new_after > new_before + 0.1, (new_before, new_after)
+    assert old_after > old_before - 0.05, (old_before, old_after)
 
 
 def test_labels_may_name_only_some_items_if_every_fresh_one_is_among_them(half_added):

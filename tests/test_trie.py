@@ -102,6 +102,25 @@ def test_insert_and_remove_match_brute_force(case, data):
     check_against_brute_force(trie, codes, ids)
 
 
+@settings(max_examples=100, deadline=None)
+@given(items())
+def test_allowed_codes_along_each_identifier_match_brute_force(case):
+    codes, ids, vocab = case
+    allowed = Trie(codes, ids, vocab).allowed(torch.as_tensor(codes))
+    assert allowed.shape == (*codes.shape, vocab) and allowed.dtype == torch.bool
+    children = brute_children(codes)
+    for row, mask in zip(codes.tolist(), allowed.tolist()):
+        for depth in range(len(row)):
+            expected = children[tuple(row[:depth])]
+            assert {code for code, ok in enumerate(mask[depth]) if ok} == expected
+
+
+def test_allowed_refuses_an_absent_identifier():
+    trie = Trie(np.array([[0, 1], [0, 2]]), np.array([5, 6]), vocab_size=4)
+    with pytest.raises(ValueError, match="not in the trie"):
+        trie.allowed(torch.tensor([[0, 1], [0, 3]]))
+
+
 def test_lookup_of_absent_identifier_is_minus_one():
     trie = Trie(np.array([[0, 1], [0, 2], [3, 1]]), np.array([5, 6, 7]), vocab_size=4)
     assert trie.lookup(np.array([[0, 1], [0, 3], [1, 1], [3, 1]])).tolist()[1:3] == [-1, -1]
