@@ -147,6 +147,26 @@ def test_efficientnet_lite0_loads_its_shipped_weights_offline():
     assert out.global_feature.shape == (2, 1280) and out.tokens.shape == (2, 49, 1280)
 
 
+def test_efficientnet_lite0_global_feature_is_the_root_of_the_mean_and_old_specs_keep_the_mean():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    backbone = get_backbone("efficientnet-lite0").eval()
+    pixels = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 3, 224, 224),
+                                                                dtype=np.uint8))
+    with torch.no_grad():
+        out = backbone(pixels)
+    mean = out.tokens.mean(dim=1)
+    assert backbone.spec()["pooling"] == "sqrt-mean"
+    torch.testing.assert_close(out.global_feature, mean.clamp_min(1e-6).sqrt())
+    # a spec saved before the square root was added means the plain mean
+    old = {k: v for k, v in backbone.spec().items() if k != "pooling"}
+    rebuilt = get_backbone(old).eval()
+    assert rebuilt.spec()["pooling"] == "mean" and rebuilt.cache_key() != backbone.cache_key()
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(pixels).global_feature, mean)
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        get_backbone({**old, "pooling": "max"})
+
+
 def test_open_clip_without_weights_offline_fails_fast_and_says_what_to_do(tmp_path):
     pytest.importorskip("open_clip")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
