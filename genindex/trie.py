@@ -160,10 +160,7 @@ class Trie:
         codes = torch.as_tensor(np.asarray(codes, dtype=np.int64).reshape(-1, self.num_levels))
         nodes = torch.zeros(len(codes), dtype=torch.long)
         for depth in range(self.num_levels):
-            child = self.children(depth, nodes.clamp(min=0))
-            step = child.gather(1, codes[:, depth:depth + 1].clamp(0, self.vocab_size - 1))[:, 0]
-            valid = (nodes >= 0) & (codes[:, depth] >= 0) & (codes[:, depth] < self.vocab_size)
-            nodes = torch.where(valid, step.long(), -1)
+            _, nodes = self._descend(depth, nodes, codes[:, depth])
         return nodes.numpy()
 
     def allowed(self, codes: torch.Tensor) -> torch.Tensor:
@@ -176,12 +173,20 @@ class Trie:
         nodes = torch.zeros(len(codes), dtype=torch.long, device=codes.device)
         masks = []
         for depth in range(self.num_levels):
-            child = self.children(depth, nodes)
-            nodes = child.gather(1, codes[:, depth:depth + 1])[:, 0].long()
-            if (nodes < 0).any():
-                raise ValueError("codes: an identifier is not in the trie")
+            child, nodes = self._descend(depth, nodes, codes[:, depth])
             masks.append(child >= 0)
+        if (nodes < 0).any():
+            raise ValueError("codes: an identifier is not in the trie")
         return torch.stack(masks, dim=1)
+
+    def _descend(self, depth: int, nodes: torch.Tensor,
+                 code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step down from depth-``depth`` ``nodes`` (n,) along ``code`` (n,): their
+        children (n, L) and the node each code leads to (-1: none, or a code outside
+        [0, L))."""
+        child = self.children(depth, nodes)
+        step = child.gather(1, code.clamp(0, self.vocab_size - 1)[:, None])[:, 0].long()
+        return child, torch.where((code >= 0) & (code < self.vocab_size), step, -1)
 
     def tables(self, device: torch.device | str) -> _DeviceTables:
         """The lookup arrays as tensors on ``device``, built once and cached."""
