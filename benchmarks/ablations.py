@@ -22,9 +22,9 @@ from genindex import GenerativeIndex, IndexConfig
 from genindex.beam import beam_search, top_items
 from genindex.decoder import Decoder
 from genindex.kmeans import assign, kmeans
-from genindex.models import freeze
+from genindex.partners import Partners
 from genindex.store import VectorStore
-from genindex.train import PartnerSampler, train_decoder
+from genindex.train import freeze, train_decoder
 from genindex.trie import Trie
 
 Search = Callable[[np.ndarray, int], np.ndarray]  # queries, k -> (n, k) ids
@@ -72,8 +72,8 @@ def decoder_on_ids(db: np.ndarray, labels: np.ndarray, ids: np.ndarray, vocab: i
     y = torch.from_numpy(np.unique(labels, return_inverse=True)[1])
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
-    decoder = Decoder(config.decoder, vocab, ids.shape[1], x.shape[1])
-    train_decoder(decoder, x, codes, PartnerSampler(x, y, config.decoder.neighbors), config,
+    decoder = Decoder.for_vectors(config.decoder, vocab, ids.shape[1], x.shape[1])
+    train_decoder(decoder, x, codes, Partners(x, y, config.decoder.neighbors), config,
                   generator, progress)
     freeze(decoder)
     trie = Trie(ids, np.arange(len(ids)), vocab)

@@ -1,7 +1,7 @@
 """The paper's approximate baselines: Faiss IVF-PQ, ScaNN, and DiskANN standing in for SPANN.
 
 Same interface as :mod:`benchmarks.methods`: build parameters in the
-constructor, query parameters as attributes, ids out.
+constructor, query parameters through ``set_query_arguments``, ids out.
 """
 
 from __future__ import annotations
@@ -137,16 +137,20 @@ class IVFPQ(_Approximate):
     of ``dataset`` and the database size), ``m`` = 4 sub-spaces of 2**``nbits`` = 256
     centroids, ranking by the codes (no re-ranking). Features whose width is not a
     multiple of ``m`` get zero columns. Below 256 items the PQ has 2**floor(log2 n)
-    centroids, as k-means needs a point per centroid. ``nprobe`` (None:
-    ``default_nprobe``) is a query parameter: set it between searches, no refit.
+    centroids, as k-means needs a point per centroid. Query parameter: ``nprobe``
+    (None: ``default_nprobe``).
     """
 
     name = "ivfpq"
 
     def __init__(self, metric: str = "l2", nlist: int | None = None, dataset: str | None = None,
-                 m: int = 4, nbits: int = 8, nprobe: int | None = None) -> None:
+                 m: int = 4, nbits: int = 8) -> None:
         self.metric = _check_metric(metric)
-        self.nlist, self.dataset, self.m, self.nbits, self.nprobe = nlist, dataset, m, nbits, nprobe
+        self.nlist, self.dataset, self.m, self.nbits = nlist, dataset, m, nbits
+        self.set_query_arguments()
+
+    def set_query_arguments(self, nprobe: int | None = None) -> None:
+        self.nprobe = nprobe
 
     def fit(self, db, labels, images=None):
         faiss = _faiss()
@@ -179,22 +183,28 @@ class IVFPQ(_Approximate):
 class ScaNN(_Approximate):
     """ScaNN with its README's recipe: a k-means tree (``num_leaves``, None:
     ``scann_leaves``, about sqrt(n)), asymmetric hashing of 2 dimensions per block with
-    anisotropic threshold 0.2, exact re-ordering of the best ``reorder`` = 100.
-    ``leaves_to_search`` (None: ``default_nprobe`` of the leaves, as IVF-PQ) is a query
-    parameter. Small data: no tree below 100 items (``scann_leaves``), and exact scores
-    instead of hashing below ``min_hash_items``, too few to train 16 centres per block.
+    anisotropic threshold 0.2, exact re-ordering of the best ``reorder`` = 100. Query
+    parameters: ``leaves_to_search`` (None: ``default_nprobe`` of the leaves, as IVF-PQ)
+    and ``reorder`` (candidates re-ordered; None: the build's ``reorder``). Small data:
+    no tree below 100 items (``scann_leaves``), and exact scores instead of hashing below
+    ``min_hash_items``, too few to train 16 centres per block.
     """
 
     name = "scann"
 
     def __init__(self, metric: str = "l2", num_leaves: int | None = None,
-                 leaves_to_search: int | None = None, dims_per_block: int = 2,
-                 anisotropic_threshold: float = 0.2, reorder: int = 100,
-                 min_hash_items: int = 256) -> None:
+                 dims_per_block: int = 2, anisotropic_threshold: float = 0.2,
+                 reorder: int = 100, min_hash_items: int = 256) -> None:
         self.metric = _check_metric(metric)
-        self.num_leaves, self.leaves_to_search = num_leaves, leaves_to_search
+        self.num_leaves = num_leaves
         self.dims_per_block, self.anisotropic_threshold = dims_per_block, anisotropic_threshold
         self.reorder, self.min_hash_items = reorder, min_hash_items
+        self.set_query_arguments()
+
+    def set_query_arguments(self, leaves_to_search: int | None = None,
+                            reorder: int | None = None) -> None:
+        self.leaves_to_search = leaves_to_search
+        self.query_reorder = self.reorder if reorder is None else reorder
 
     def fit(self, db, labels, images=None):
         scann = _optional("scann", "pip install 'genindex[bench]'")
@@ -222,7 +232,7 @@ class ScaNN(_Approximate):
         leaves = self.leaves_to_search or (default_nprobe(self.leaves_used)
                                            if self.leaves_used else None)
         ids, distances = self.searcher.search_batched_parallel(
-            x, final_num_neighbors=k, pre_reorder_num_neighbors=max(self.reorder, k),
+            x, final_num_neighbors=k, pre_reorder_num_neighbors=max(self.query_reorder, k),
             leaves_to_search=leaves)
         return _clean_ids(ids, np.isfinite(distances), self.n, k)  # ScaNN pads with NaN
 
@@ -262,8 +272,8 @@ class DiskANN(_Approximate):
     full vectors on disk, ``pq_bytes``-byte PQ codes in memory, in a temporary folder this
     object owns (removed by ``close``, ``with`` or garbage collection); ``nbytes`` is the
     folder's size. Cosine is L2 on unit vectors (same ranking; the disk index has no
-    cosine). Query parameters: ``complexity`` (search list, at least k) and
-    ``beam_width``. ``threads`` (None: all cores) is at least 2: diskannpy 0.7.0
+    cosine). Query parameters: ``complexity`` (search list, at least k; default 100) and
+    ``beam_width`` (default 2). ``threads`` (None: all cores) is at least 2: diskannpy 0.7.0
     deadlocks loading a disk index with 1 thread (microsoft/DiskANN#462) or 0 (#432).
     """
 
@@ -272,15 +282,18 @@ class DiskANN(_Approximate):
     min_items = 32  # diskannpy 0.7.0 builds but cannot load a disk index of <= 16 items
 
     def __init__(self, metric: str = "l2", graph_degree: int = 64, build_complexity: int = 100,
-                 complexity: int = 100, beam_width: int = 2, pq_bytes: int = 32,
-                 cache_nodes: int = 0, build_memory_gb: float = 4.0,
+                 pq_bytes: int = 32, cache_nodes: int = 0, build_memory_gb: float = 4.0,
                  threads: int | None = None) -> None:
         self.metric = _check_metric(metric)
         self.graph_degree, self.build_complexity = graph_degree, build_complexity
-        self.complexity, self.beam_width, self.pq_bytes = complexity, beam_width, pq_bytes
-        self.cache_nodes, self.build_memory_gb = cache_nodes, build_memory_gb
+        self.pq_bytes, self.cache_nodes = pq_bytes, cache_nodes
+        self.build_memory_gb = build_memory_gb
         self.threads = max(2, threads or len(os.sched_getaffinity(0)))
         self.index, self._folder = None, None
+        self.set_query_arguments()
+
+    def set_query_arguments(self, complexity: int = 100, beam_width: int = 2) -> None:
+        self.complexity, self.beam_width = complexity, beam_width
 
     def fit(self, db, labels, images=None):
         dap = _optional("diskannpy", "pip install --no-deps diskannpy==0.7.0")

@@ -20,21 +20,20 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
-import logging
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import datasets, metrics  # noqa: E402
-from benchmarks.run import features, genindex_config  # noqa: E402
+from benchmarks import metrics  # noqa: E402
+from benchmarks.rows import FreshRow, Metrics  # noqa: E402
+from benchmarks.run import prepare  # noqa: E402
 from genindex import GenerativeIndex, IndexConfig  # noqa: E402
-from genindex.backbones import get_backbone  # noqa: E402
 
 KS = (1, 3, 10)
 MAP_K = 100
@@ -75,26 +74,23 @@ def split(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def evaluate(index: GenerativeIndex, queries: np.ndarray, row_of_id: np.ndarray,
              db_labels: np.ndarray, query_labels: np.ndarray,
-             is_new: np.ndarray) -> tuple[dict[str, float], float]:
-    """Metrics of ``index`` (ids mapped to database rows) and its search time."""
+             is_new: np.ndarray) -> tuple[Metrics, tuple[float, float], float]:
+    """Metrics of ``index`` (ids mapped to database rows), the shares of relevant old and
+    new items in the top 10, and the search time."""
     start = time.perf_counter()
     ids = index.search(queries, MAP_K).ids
     search_s = time.perf_counter() - start
     rows = np.where(ids >= 0, row_of_id[np.maximum(ids, 0)], -1)
     hits = metrics.relevance(rows, db_labels, query_labels)
-    relevant = metrics.relevant_counts(db_labels, query_labels)
-    out = {}
-    for k in KS:
-        out[f"P@{k}"] = metrics.precision_at_k(hits, k)
-        out[f"R@{k}"] = metrics.recall_at_k(hits, k)
-    out[f"MAP@{MAP_K}"] = metrics.map_at_k(hits, MAP_K, relevant)
+    quality = metrics.summary(hits, metrics.relevant_counts(db_labels, query_labels), KS,
+                              map_ks=(MAP_K,))
     found_new = hits[:, :10] & is_new[np.maximum(rows[:, :10], 0)]
-    for name, found, counts in (("new@10", found_new, _counts(db_labels[is_new], query_labels)),
-                                ("old@10", hits[:, :10] & ~found_new,
-                                 _counts(db_labels[~is_new], query_labels))):
+    shares = []
+    for found, counts in ((hits[:, :10] & ~found_new, _counts(db_labels[~is_new], query_labels)),
+                          (found_new, _counts(db_labels[is_new], query_labels))):
         has = counts > 0
-        out[name] = float((found.sum(1)[has] / counts[has]).mean()) if has.any() else 0.0
-    return out, search_s
+        shares.append(float((found.sum(1)[has] / counts[has]).mean()) if has.any() else 0.0)
+    return quality, (shares[0], shares[1]), search_s
 
 
 def _counts(labels: np.ndarray, query_labels: np.ndarray) -> np.ndarray:
@@ -102,21 +98,24 @@ def _counts(labels: np.ndarray, query_labels: np.ndarray) -> np.ndarray:
         len(query_labels), int)
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[FreshRow]) -> str:
     columns = ([f"P@{k}" for k in KS] + [f"R@{k}" for k in KS]
                + [f"MAP@{MAP_K}", "old@10", "new@10"])
     lines = ["| index | " + " | ".join(columns) + " | train s |",
              "|---" * (len(columns) + 2) + "|"]
     for row in rows:
-        values = " | ".join(f"{100 * row['metrics'][c]:.1f}" for c in columns)
-        lines.append(f"| {row['name']} | {values} | {row['train_s']:.1f} |")
+        quality = row.metrics
+        values = ([quality.precision[k] for k in KS] + [quality.recall[k] for k in KS]
+                  + [quality.map[MAP_K], row.old_at_10, row.new_at_10])
+        cells = " | ".join(f"{100 * value:.1f}" for value in values)
+        lines.append(f"| {row.name} | {cells} | {row.train_s:.1f} |")
     return "\n".join(lines)
 
 
 def fresh_rows(db: np.ndarray, queries: np.ndarray, labels: np.ndarray,
                query_labels: np.ndarray, config: IndexConfig, *, device: str = "cpu",
                progress: bool = True, steps: int | None = None, replay: float = 1.0,
-               unlabelled: bool = False, seed: int = 0) -> list[dict]:
+               unlabelled: bool = False, seed: int = 0) -> list[FreshRow]:
     """Table 6: train on half of each class, then add / refresh / retrain; a row each."""
     old, new = split(labels, seed)
     row_of_id = np.concatenate([old, new])  # ids: trained-on rows first, then added ones
@@ -125,9 +124,9 @@ def fresh_rows(db: np.ndarray, queries: np.ndarray, labels: np.ndarray,
     rows = []
 
     def record(name: str, index: GenerativeIndex, train_s: float) -> None:
-        result, search_s = evaluate(index, queries, row_of_id, labels, query_labels, is_new)
-        rows.append({"name": name, "metrics": result, "train_s": train_s,
-                     "search_s": search_s})
+        quality, (old_share, new_share), search_s = evaluate(
+            index, queries, row_of_id, labels, query_labels, is_new)
+        rows.append(FreshRow(name, quality, old_share, new_share, train_s, search_s))
         print(f"{name}: trained in {train_s:.1f} s, searched in {search_s:.1f} s", flush=True)
 
     start = time.perf_counter()
@@ -153,14 +152,10 @@ def fresh_rows(db: np.ndarray, queries: np.ndarray, labels: np.ndarray,
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    config = genindex_config(args.config, args.dataset)[0] or IndexConfig()
-    data = datasets.load(args.dataset, args.data_root, args.limit)
-    db, queries = features(args, data, get_backbone(args.backbone).to(args.device))
-    rows = fresh_rows(db, queries, np.asarray(data.db_labels),
-                      np.asarray(data.query_labels), config, device=args.device,
+    setup = prepare(args)
+    config, db, queries = setup.config or IndexConfig(), setup.db, setup.queries
+    rows = fresh_rows(db, queries, np.asarray(setup.data.db_labels),
+                      np.asarray(setup.data.query_labels), config, device=args.device,
                       progress=not args.quiet, steps=args.steps, replay=args.replay,
                       unlabelled=args.unlabelled, seed=args.seed)
     markdown = table(rows)
@@ -171,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "results.json").write_text(json.dumps(
         {"dataset": args.dataset, "limit": args.limit, "database": len(db),
          "queries": len(queries), "date": time.strftime("%Y-%m-%d"),
-         "config": config.to_dict(), "rows": rows}, indent=2, default=str))
+         "config": config.to_dict(), "rows": [dataclasses.asdict(row) for row in rows]},
+        indent=2, default=str))
     return 0
 
 

@@ -1,8 +1,9 @@
 """Search methods behind one small interface, as ann-benchmarks keeps them.
 
-A method is built once on database features (build parameters in its
-constructor) and then answers queries (query parameters in ``search``); the
-runner takes the ids it returns and computes every metric itself. Exact
+A method takes its build parameters in its constructor, is built once on
+database features with ``fit``, takes its query parameters through
+``set_query_arguments`` (no refit: one built index is swept over them) and
+answers ``search`` with ids; the runner computes every metric itself. Exact
 search and genindex live here, the approximate baselines in
 :mod:`benchmarks.baselines`.
 """
@@ -22,6 +23,10 @@ class Method:
 
     def fit(self, db: np.ndarray, labels: np.ndarray, images: Any = None) -> None:
         raise NotImplementedError
+
+    def set_query_arguments(self) -> None:
+        """Set the query parameters by keyword, each one left out back to its default
+        (a method without query parameters takes none)."""
 
     def search(self, queries: np.ndarray, k: int, images: Any = None) -> np.ndarray:
         """Result ids (n, k) int64, -1 where there is no result."""
@@ -69,15 +74,16 @@ class Linear(Method):
 
 
 class GenIndex(Method):
-    """genindex's GenerativeIndex; reads the images through its backbone when given."""
+    """genindex's GenerativeIndex; reads the images through its backbone when given.
+    Query parameter: ``beam_size`` (None: the index's default, ``max(k, 10)``)."""
 
     name = "genindex"
 
     def __init__(self, config=None, backbone=None, device: str = "cpu",
-                 beam_size: int | None = None, progress: bool = True,
-                 note: str | None = None) -> None:
+                 progress: bool = True, note: str | None = None) -> None:
         self.config, self.backbone, self.device = config, backbone, device
-        self.beam_size, self.progress, self.note = beam_size, progress, note
+        self.progress, self.note = progress, note
+        self.set_query_arguments()
 
     def fit(self, db, labels, images=None):
         from genindex import GenerativeIndex
@@ -87,9 +93,14 @@ class GenIndex(Method):
         self.index = GenerativeIndex.fit(data, labels, self.config, backbone=backbone,
                                          device=self.device, progress=self.progress)
 
-    def search(self, queries, k, images=None):
+    def set_query_arguments(self, beam_size: int | None = None) -> None:
+        self.beam_size = beam_size
+
+    def search(self, queries, k, images=None, timings: dict[str, float] | None = None):
+        """``timings``, if given, accumulates seconds per part of the search
+        (``genindex.beam.TIMED_PARTS``)."""
         data = images if images is not None and self.backbone is not None else queries
-        return self.index.search(data, k, beam_size=self.beam_size).ids
+        return self.index.search(data, k, beam_size=self.beam_size, timings=timings).ids
 
     def nbytes(self):
         with tempfile.TemporaryDirectory() as folder:

@@ -11,6 +11,8 @@ R being the number of relevant items in the database.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 # The paper's precision, recall and MAP live in the library (the CLI's `eval`
@@ -23,6 +25,8 @@ from genindex.metrics import class_sizes as relevant_counts  # noqa: F401
 from genindex.metrics import map_at as map_at_k  # noqa: F401
 from genindex.metrics import precision_at as precision_at_k  # noqa: F401
 from genindex.metrics import recall_at as recall_at_k  # noqa: F401
+
+from .rows import Metrics
 
 
 def mrr_at_k(hits: np.ndarray, k: int) -> float:
@@ -40,3 +44,12 @@ def pr_curve(hits: np.ndarray, num_relevant: np.ndarray) -> tuple[np.ndarray, np
     recall = (found / np.maximum(np.asarray(num_relevant), 1)[:, None]).mean(axis=0)
     return precision, recall
 
+
+
+def summary(hits: np.ndarray, num_relevant: np.ndarray, ks: Sequence[int],
+            mrr_ks: Sequence[int] = (), map_ks: Sequence[int] = (100,)) -> Metrics:
+    """Precision@K and recall@K at ``ks``, MRR@K at ``mrr_ks``, MAP@K at ``map_ks``."""
+    return Metrics(precision={k: precision_at_k(hits, k) for k in ks},
+                   recall={k: recall_at_k(hits, k) for k in ks},
+                   mrr={k: mrr_at_k(hits, k) for k in mrr_ks},
+                   map={k: map_at_k(hits, k, num_relevant) for k in map_ks})

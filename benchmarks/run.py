@@ -13,11 +13,11 @@ Results go to ``--out`` (default ``results/<dataset>/``): ``results.json``,
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import datasets, metrics, report  # noqa: E402
 from benchmarks.baselines import IVFPQ, DiskANN, ScaNN, ivfpq_nlist  # noqa: E402
 from benchmarks.methods import GenIndex, Linear, timed  # noqa: E402
+from benchmarks.rows import AblationRow, MethodRow, Metrics, PRCurve, Result  # noqa: E402
 from benchmarks.sweep import beam_sweep  # noqa: E402
 from genindex import IndexConfig  # noqa: E402
 from genindex.backbones import get_backbone  # noqa: E402
@@ -88,66 +89,85 @@ def genindex_config(choice: str | None, dataset: str) -> tuple[IndexConfig | Non
     return IndexConfig.from_json(path.read_text()), name
 
 
-def make_methods(names: list[str], args, metric: str, n: int, config, backbone):
+class Setup(NamedTuple):
+    """What every runner starts from: the genindex config, the data and its features."""
+
+    config: IndexConfig | None
+    config_name: str
+    data: datasets.Dataset
+    backbone: Any
+    db: np.ndarray
+    queries: np.ndarray
+
+
+def prepare(args) -> Setup:
+    """The runners' common start: logging, threads, config, data set, backbone, features.
+    ``args`` has dataset, data_root, limit, backbone, config, device, threads and quiet."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config, config_name = genindex_config(args.config, args.dataset)
+    data = datasets.load(args.dataset, args.data_root, args.limit)
+    backbone = get_backbone(args.backbone).to(args.device)
+    db, queries = features(data, backbone, args.backbone, device=args.device,
+                           progress=not args.quiet)
+    return Setup(config, config_name, data, backbone, db, queries)
+
+
+def make_methods(names: list[str], args, metric: str, n: int, setup: Setup):
+    config = setup.config
     end_to_end = config is not None and config.end_to_end
     known = {"linear": lambda: Linear(metric),
              "ivfpq": lambda: IVFPQ(metric, nlist=ivfpq_nlist(args.dataset, n)),
              "scann": lambda: ScaNN(metric),
              "diskann": lambda: DiskANN(metric),
-             "genindex": lambda: GenIndex(config, backbone=backbone if end_to_end else None,
+             "genindex": lambda: GenIndex(config, backbone=setup.backbone if end_to_end else None,
                                           device=args.device, progress=not args.quiet,
-                                          note=f"config: {args.config_name}")}
+                                          note=f"config: {setup.config_name}")}
     return [known[name]() for name in names]
 
 
-def evaluate(ids: np.ndarray, data: datasets.Dataset, ks: tuple[int, ...]) -> dict[str, float]:
+def evaluate(ids: np.ndarray, data: datasets.Dataset, ks: tuple[int, ...]) -> Metrics:
     hits = metrics.relevance(ids, data.db_labels, data.query_labels)
     relevant = metrics.relevant_counts(data.db_labels, data.query_labels)
-    out = {}
-    for k in ks:
-        out[f"P@{k}"] = metrics.precision_at_k(hits, k)
-        out[f"R@{k}"] = metrics.recall_at_k(hits, k)
-    for k in MRR_K:
-        out[f"MRR@{k}"] = metrics.mrr_at_k(hits, k)
-    out[f"MAP@{MAP_K}"] = metrics.map_at_k(hits, MAP_K, relevant)
-    return out
+    return metrics.summary(hits, relevant, ks, MRR_K, (MAP_K,))
 
 
-def pr_curve(ids: np.ndarray, data: datasets.Dataset) -> dict[str, list[float]]:
+def pr_curve(ids: np.ndarray, data: datasets.Dataset) -> PRCurve:
     hits = metrics.relevance(ids, data.db_labels, data.query_labels)
     precision, recall = metrics.pr_curve(
         hits, metrics.relevant_counts(data.db_labels, data.query_labels))
-    return {"precision": precision.tolist(), "recall": recall.tolist()}
+    return PRCurve(tuple(precision.tolist()), tuple(recall.tolist()))
 
 
-def features(args, data, backbone):
+def features(data: datasets.Dataset, backbone, backbone_name: str, *, device: str = "cpu",
+             progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Database and query features through genindex's feature cache, as float32."""
     cache = open_cache(backbone, None)
     (db, queries), embed_s = timed(lambda: [
-        extract_features(backbone, images, cache=cache, device=torch.device(args.device),
-                         progress=not args.quiet)
+        extract_features(backbone, images, cache=cache, device=torch.device(device),
+                         progress=progress)
         for images in (data.db_images, data.query_images)])
-    print(f"{args.dataset}: {len(db)} database items, {len(queries)} queries, "
-          f"{len(np.unique(data.db_labels))} classes; {args.backbone} features in "
+    print(f"{data.name}: {len(db)} database items, {len(queries)} queries, "
+          f"{len(np.unique(data.db_labels))} classes; {backbone_name} features in "
           f"{embed_s:.1f} s (cache: {cache.folder if cache else 'off'})", flush=True)
     return np.asarray(db, dtype="float32"), np.asarray(queries, dtype="float32")
 
 
-def run_methods(args, data, db, queries, names, metric, config, ks, backbone, label):
-    """Fit and search each method; one result row each (and genindex's index)."""
-    rows, genindex = [], None
-    for method in make_methods(names, args, metric, len(db), config, backbone):
+def run_methods(args, setup: Setup, db, queries, names, metric, ks, label):
+    """Fit and search each method; one result row each (and the genindex method)."""
+    rows, genindex, data = [], None, setup.data
+    for method in make_methods(names, args, metric, len(db), setup):
         _, build_s = timed(method.fit, db, data.db_labels, images=data.db_images)
         ids, search_s = timed(method.search, queries, MAP_K, images=data.query_images)
-        row = {"method": method.name, "backbone": label,
-               "metrics": evaluate(ids, data, ks), "qps": len(queries) / search_s,
-               "build_s": build_s, "bytes": method.nbytes(), "pr_curve": pr_curve(ids, data)}
-        if getattr(method, "note", None):
-            row["note"] = method.note
+        row = MethodRow(method=method.name, backbone=label, metrics=evaluate(ids, data, ks),
+                        qps=len(queries) / search_s, build_s=build_s, bytes=method.nbytes(),
+                        note=getattr(method, "note", None) or None, pr_curve=pr_curve(ids, data))
         rows.append(row)
         print(f"{method.name} ({label}): built in {build_s:.1f} s, searched in {search_s:.1f} s"
-              + (f" ({row['note']})" if "note" in row else ""), flush=True)
+              + (f" ({row.note})" if row.note else ""), flush=True)
         if method.name == "genindex":
-            genindex = method.index
+            genindex = method
     return rows, genindex
 
 
@@ -161,67 +181,64 @@ def fine_tuned(args, data, db, queries):
     return model.embed(db), model.embed(queries)
 
 
-def run_ablations(args, data, db, queries, config, ks):
+def run_ablations(args, setup: Setup, ks) -> dict[str, tuple[AblationRow, ...]]:
     from benchmarks import ablations
 
-    out = {}
+    out, data = {}, setup.data
     for name in _split(args.ablation):
         if name == "fresh":
             from benchmarks import fresh
 
-            rows = fresh.fresh_rows(db, queries, np.asarray(data.db_labels),
-                                    np.asarray(data.query_labels), config or IndexConfig(),
+            rows = fresh.fresh_rows(setup.db, setup.queries, np.asarray(data.db_labels),
+                                    np.asarray(data.query_labels), setup.config or IndexConfig(),
                                     device=args.device, progress=not args.quiet)
-            out["fresh"] = [{"variant": row["name"], "split": "all", "metrics": row["metrics"],
-                             "train_s": row["train_s"]} for row in rows]
+            out["fresh"] = tuple(AblationRow(row.name, row.metrics, split="all",
+                                             train_s=row.train_s) for row in rows)
             continue
         build = ablations.ids_variants if name == "ids" else ablations.length_variants
         rows = []
-        for variant, (length, search) in build(db, data.db_labels, config,
+        for variant, (length, search) in build(setup.db, data.db_labels, setup.config,
                                                progress=not args.quiet).items():
-            ids = search(queries, MAP_K)
-            rows.append({"variant": variant, "T": length, "metrics": evaluate(ids, data, ks)})
+            ids = search(setup.queries, MAP_K)
+            rows.append(AblationRow(variant, evaluate(ids, data, ks), length=length))
             print(f"ablation {name}: {variant} (T={length}) done", flush=True)
-        out[name] = rows
+        out[name] = tuple(rows)
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    config, args.config_name = genindex_config(args.config, args.dataset)
-    data = datasets.load(args.dataset, args.data_root, args.limit)
-    backbone = get_backbone(args.backbone).to(args.device)
-    metric = args.metric or ("cosine" if backbone.spec()["kind"] == "open_clip" else "l2")
-    db, queries = features(args, data, backbone)
-    ks = K_PRECISION.get(args.dataset, DEFAULT_K)
-    names = _split(args.methods)
-    rows, index = run_methods(args, data, db, queries, names, metric, config, ks, backbone,
-                              args.backbone)
-    baselines = [name for name in names if name != "genindex"]
-    if baselines and not args.no_ft:
-        db_ft, queries_ft = fine_tuned(args, data, db, queries)
-        rows += run_methods(args, data, db_ft, queries_ft, baselines, "cosine", config, ks,
-                            backbone, f"{args.backbone} FT")[0]
-    result = {"dataset": args.dataset, "database": len(db), "queries": len(queries),
-              "ks": list(ks), "metric": metric, "threads": torch.get_num_threads(),
-              "date": time.strftime("%Y-%m-%d"), "notes": data.notes, "rows": rows}
-    beams = [int(b) for b in _split(args.beam_sizes)]
-    if index is not None and beams:
-        result["beam_sweep"] = beam_sweep(index, backbone, data, queries, beams,
-                                          lambda ids: evaluate(ids, data, ks))
-    if args.ablation:
-        result["ablations"] = run_ablations(args, data, db, queries, config, ks)
-    out = args.out or Path("results") / args.dataset
+def write(result: Result, out: Path) -> None:
+    """Print the tables; write them, results.json and the plots to ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     markdown = report.markdown(result)
     print(markdown)
     (out / "tables.md").write_text(markdown + "\n")
-    (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
+    (out / "results.json").write_text(result.to_json())
     for path in report.plots(result, out):
         print(f"plot: {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup = prepare(args)
+    data, db, queries = setup.data, setup.db, setup.queries
+    metric = args.metric or ("cosine" if setup.backbone.spec()["kind"] == "open_clip" else "l2")
+    ks = K_PRECISION.get(args.dataset, DEFAULT_K)
+    names = _split(args.methods)
+    rows, genindex = run_methods(args, setup, db, queries, names, metric, ks, args.backbone)
+    baselines = [name for name in names if name != "genindex"]
+    if baselines and not args.no_ft:
+        db_ft, queries_ft = fine_tuned(args, data, db, queries)
+        rows += run_methods(args, setup, db_ft, queries_ft, baselines, "cosine", ks,
+                            f"{args.backbone} FT")[0]
+    threads, date = torch.get_num_threads(), time.strftime("%Y-%m-%d")
+    beams = [int(b) for b in _split(args.beam_sizes)]
+    sweep = [] if genindex is None or not beams else beam_sweep(
+        genindex, setup.backbone, data, queries, beams, lambda ids: evaluate(ids, data, ks))
+    result = Result(dataset=args.dataset, rows=tuple(rows), database=len(db),
+                    queries=len(queries), ks=tuple(ks), metric=metric, threads=threads,
+                    date=date, notes=data.notes, beam_sweep=tuple(sweep),
+                    ablations=run_ablations(args, setup, ks) if args.ablation else {})
+    write(result, args.out or Path("results") / args.dataset)
     return 0
 
 

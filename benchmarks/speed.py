@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from genindex import DecoderConfig, GenerativeIndex, IndexConfig, TokenizerConfig  # noqa: E402
-from genindex.beam import beam_search, top_items  # noqa: E402
+from genindex.beam import TIMED_PARTS, beam_search, top_items  # noqa: E402
 from genindex.decoder import Decoder  # noqa: E402
 
 DIM, CLASSES, PER_CLASS, NOISE, QUERIES, K, BEAM = 256, 1000, 10, 1.0, 256, 10, 10
@@ -41,23 +41,24 @@ CONFIG = IndexConfig(tokenizer=TokenizerConfig(epochs=20, min_steps=0),
                      decoder=DecoderConfig(epochs=8, min_steps=0))
 
 
-def centres(classes: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((classes, DIM), dtype=np.float32)
+def centres(classes: int, seed: int, dim: int = DIM) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((classes, dim), dtype=np.float32)
 
 
 def around(centre: np.ndarray, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``per_class`` Gaussian vectors around each centre, and their class labels."""
     labels = np.repeat(np.arange(len(centre)), per_class)
-    noise = np.random.default_rng(seed).standard_normal((len(labels), DIM), dtype=np.float32)
+    noise = np.random.default_rng(seed).standard_normal((len(labels), centre.shape[1]),
+                                                        dtype=np.float32)
     return centre[labels] + NOISE * noise, labels
 
 
-def extra_vectors(count: int, seed: int, chunk: int = 100_000) -> np.ndarray:
-    """``count`` vectors of new classes (10 per class), made in chunks."""
+def extra_vectors(count: int, seed: int, dim: int = DIM, chunk: int = 100_000) -> np.ndarray:
+    """``count`` vectors of new classes (10 per class) in ``dim`` dimensions, in chunks."""
     parts = []
     for start in range(0, count, chunk):
         size = min(chunk, count - start)
-        new = centres(-(-size // PER_CLASS), seed + 2 * start)
+        new = centres(-(-size // PER_CLASS), seed + 2 * start, dim)
         parts.append(around(new, PER_CLASS, seed + 2 * start + 1)[0][:size])
     return np.concatenate(parts)
 
@@ -82,8 +83,8 @@ def faiss_module():
 
 def ivfpq(xb: np.ndarray, nlist: int):
     """Faiss IVF-PQ with 4 sub-quantizers of 8 bits, trained on a sample of ``xb``."""
-    faiss = faiss_module()
-    index = faiss.IndexIVFPQ(faiss.IndexFlatL2(DIM), DIM, nlist, 4, 8)
+    faiss, dim = faiss_module(), xb.shape[1]
+    index = faiss.IndexIVFPQ(faiss.IndexFlatL2(dim), dim, nlist, 4, 8)
     sample = np.random.default_rng(0).permutation(len(xb))[:min(len(xb), 32 * nlist)]
     index.train(xb[sample])
     index.add(xb)
@@ -132,7 +133,7 @@ def size_rows(index: GenerativeIndex, xb: np.ndarray, queries: np.ndarray,
     rows = []
     for n in sizes:
         if n > len(xb):
-            more = extra_vectors(n - len(xb), seed=10**6 + len(xb))
+            more = extra_vectors(n - len(xb), seed=10**6 + len(xb), dim=xb.shape[1])
             start = time.perf_counter()
             for chunk in np.array_split(more, max(1, len(more) // 250_000)):
                 index.add(chunk)
@@ -150,7 +151,7 @@ def measure(index: GenerativeIndex, xb: np.ndarray, queries: np.ndarray, repeats
     """One row of the size table: the three methods on the same queries and threads."""
     faiss, n = faiss_module(), len(xb)
     gen_s, result = median_time(lambda: index.search(queries, K, beam_size=BEAM), repeats)
-    flat = faiss.IndexFlatL2(DIM)
+    flat = faiss.IndexFlatL2(xb.shape[1])
     flat.add(xb)
     flat_s, _ = median_time(lambda: flat.search(queries, K), repeats)
     flat.reset()  # free its copy of the vectors
@@ -235,9 +236,9 @@ def naive_comparisons(trie, queries: np.ndarray, count: int, naive_count: int,
     paper (ViT-B/16 at 224 px; random tokens stand in for them), and to the one
     memory token genindex makes of a feature vector."""
     torch.manual_seed(0)
-    vocab, levels = trie.vocab_size, trie.num_levels
-    paper = Decoder(DecoderConfig.paper(), vocab, levels, memory=torch.nn.Identity())
-    vectors = Decoder(DecoderConfig.paper(), vocab, levels, memory=DIM)
+    shape = (DecoderConfig.paper(), trie.codebook_size, trie.num_codebooks)
+    paper = Decoder(*shape, memory=torch.nn.Identity())
+    vectors = Decoder.for_vectors(*shape, queries.shape[1])
     tokens = torch.randn(count, 197, 768)
     return {
         "paper": naive_comparison(trie, tokens, paper.eval().requires_grad_(False),
@@ -293,7 +294,7 @@ def plot_beams(rows: list[dict], path: Path, title: str) -> None:
 def report(args, train_s: float, rows: list[dict], naive: dict[str, dict],
            beams: list[dict]) -> bool:
     base, last, paper = rows[0], rows[-1], naive["paper"]
-    print(f"\nspeed: d={DIM}, threads={args.threads}, device=cpu, torch {torch.__version__}, "
+    print(f"\nspeed: d={args.dim}, threads={args.threads}, device=cpu, torch {torch.__version__}, "
           f"faiss {faiss_module().__version__}; {QUERIES} queries, k={K}, beam {BEAM}; "
           f"index trained on {CLASSES * PER_CLASS:,} labelled vectors in {train_s:.0f} s")
     print(f"{'N':>10s} {'genindex s':>10s} {'flat s':>8s} {'IVF-PQ s':>9s} {'flat/gen':>9s} "
@@ -311,11 +312,11 @@ def report(args, train_s: float, rows: list[dict], naive: dict[str, dict],
         print(f"{name:>22s} {r['naive']:7.3f} {r['fast']:8.4f} {r['naive'] / r['fast']:7.1f}x "
               f"{r['bf16']:9.4f} {r['naive'] / r['bf16']:7.1f}x {100 * r['agree']:10.0f}% "
               f"{100 * r['mask']:7.1f}")
-    parts = ("encoder", "decoder", "mask", "select", "items")
-    print(f"\n{'beam':>5s} {'queries/s':>10s} " + " ".join(f"{p + ' ms':>11s}" for p in parts))
+    print(f"\n{'beam':>5s} {'queries/s':>10s} "
+          + " ".join(f"{p + ' ms':>11s}" for p in TIMED_PARTS))
     for r in beams:
         print(f"{r['beam']:>5d} {r['qps']:10.1f} " + " ".join(f"{1000 * r[p]:11.3f}"
-                                                               for p in parts))
+                                                               for p in TIMED_PARTS))
     checks = [
         (f"search time at N={last['n']:,} <= 1.5 x N={base['n']:,}",
          last["gen"] <= 1.5 * base["gen"]),
@@ -335,7 +336,6 @@ def report(args, train_s: float, rows: list[dict], naive: dict[str, dict],
 
 
 def main(argv: list[str] | None = None) -> int:
-    global DIM
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2,
                         help="torch.set_num_threads and faiss.omp_set_num_threads")
@@ -345,10 +345,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="smoke run: N up to 100k, fewer queries for the naive loop")
     parser.add_argument("--plot", type=Path, default=Path("docs/speed_beams.png"))
     args = parser.parse_args(argv)
-    DIM, repeats = args.dim, args.repeats or (1 if args.quick else 3)
+    repeats = args.repeats or (1 if args.quick else 3)
     torch.set_num_threads(args.threads)
     faiss_module().omp_set_num_threads(args.threads)
-    classes = centres(CLASSES, seed=0)
+    classes = centres(CLASSES, seed=0, dim=args.dim)
     xb, labels = around(classes, PER_CLASS, seed=1)
     queries, _ = around(classes[:QUERIES], 1, seed=2)  # held out: same classes, new noise
     start = time.perf_counter()

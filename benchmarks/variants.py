@@ -30,9 +30,9 @@ from genindex import IndexConfig  # noqa: E402
 from genindex.backbones import get_backbone  # noqa: E402
 from genindex.beam import beam_search, top_items  # noqa: E402
 from genindex.decoder import Decoder  # noqa: E402
-from genindex.models import freeze  # noqa: E402
+from genindex.partners import Partners  # noqa: E402
 from genindex.store import VectorStore  # noqa: E402
-from genindex.train import PartnerSampler, train_decoder, train_tokenizer  # noqa: E402
+from genindex.train import freeze, train_decoder, train_tokenizer  # noqa: E402
 from genindex.trie import Trie  # noqa: E402
 
 
@@ -62,10 +62,10 @@ def run_variant(variant, tokenizers, x, y, queries, query_y, data):
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     quantizer = tokenizer.quantizer
-    decoder = Decoder(config.decoder, quantizer.codebook_size, quantizer.num_codebooks,
-                      inputs.shape[1])
+    decoder = Decoder.for_vectors(config.decoder, quantizer.codebook_size,
+                                  quantizer.num_codebooks, inputs.shape[1])
     start = time.perf_counter()
-    train_decoder(decoder, inputs, codes, PartnerSampler(x, y, config.decoder.neighbors),
+    train_decoder(decoder, inputs, codes, Partners(x, y, config.decoder.neighbors),
                   config, generator, False)
     freeze(decoder)
     trie = Trie(codes.numpy(), np.arange(len(x)), quantizer.codebook_size)
@@ -93,8 +93,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     data = datasets.load(args.dataset, args.data_root, args.limit)
-    args.device, args.quiet = "cpu", True
-    db, queries = features(args, data, get_backbone(args.backbone))
+    db, queries = features(data, get_backbone(args.backbone), args.backbone, progress=False)
     classes, y = np.unique(data.db_labels, return_inverse=True)
     query_y = np.searchsorted(classes, data.query_labels)
     tokenizers: dict = {}

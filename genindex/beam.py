@@ -24,21 +24,32 @@ one leaf are ordered by a distance to the query where one is given.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import threading
 import time
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .decoder import Decoder
+from .snapshot import Snapshot
 from .trie import Trie
 
 # Parts of a search that ``timings`` accumulates (seconds), in the paper's Fig. 5 terms:
-# "encoder" (the queries' memory), "decoder" (decoder steps), "mask" (the trie's
-# allowed codes: the validity check), "select" (softmax, top-k, cache reordering).
-TIMED_PARTS = ("encoder", "decoder", "mask", "select")
+# "encoder" (the queries' memory and feature vectors), "decoder" (decoder steps),
+# "mask" (the trie's allowed codes: the validity check), "select" (softmax, top-k,
+# cache reordering), "items" (leaves expanded into items, ranked by distance).
+TIMED_PARTS = ("encoder", "decoder", "mask", "select", "items")
+# Beams decoded at once by :func:`search`: the key/value cache takes about
+# n_layer * 2 * M * n_embd * 4 bytes a beam (0.56 MiB for the 24-layer decoder).
+BEAMS_IN_FLIGHT = 8192
 
 
 class Beams(NamedTuple):
@@ -57,6 +68,40 @@ class _Step(NamedTuple):
     live: torch.Tensor  # (Q, beam_size) bool: not finished, needs more decoding
     done_scores: torch.Tensor  # (Q, beam_size) finished beams' scores, -inf elsewhere
     done_leaves: torch.Tensor  # (Q, beam_size) their leaves, -1 elsewhere
+
+
+def search(snapshot: Snapshot, queries: torch.Tensor, k: int, beam_size: int, *,
+           trie: Trie | None = None, dtype: torch.dtype | str | None = None,
+           timings: dict[str, float] | None = None,
+           progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, ids)``, each (n, k): the ``k`` best items of ``snapshot`` for each query.
+
+    The whole search pipeline: :func:`beam_search` over ``trie`` (default: the
+    snapshot's; a filtered one restricts the results), then :func:`top_items`,
+    items sharing a leaf ranked by their L2 distance to the query where the
+    snapshot stores vectors. Queries go in batches of at most
+    :data:`BEAMS_IN_FLIGHT` beams, which bounds memory for any number of them.
+    """
+    trie = snapshot.trie if trie is None else trie
+    scores = np.empty((len(queries), k), np.float32)
+    ids = np.empty((len(queries), k), np.int64)
+    size = max(1, BEAMS_IN_FLIGHT // beam_size)
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(queries), size), desc="search", unit="batch",
+                          disable=not progress, leave=False):
+            batch = queries[start:start + size]
+            beams = beam_search(snapshot.decoder, batch, trie, beam_size, dtype=dtype,
+                                timings=timings)
+            distance = None
+            if snapshot.vectors is not None:
+                with _timed(timings, "encoder", batch.device):
+                    vectors = snapshot.tokenizer.feature_vectors(batch)
+                distance = snapshot.vectors.distance(batch.device, vectors)
+            with _timed(timings, "items", batch.device):
+                s, i = top_items(trie, beams, k, distance)
+                scores[start:start + len(batch)] = s.cpu().numpy()
+                ids[start:start + len(batch)] = i.cpu().numpy()
+    return scores, ids
 
 
 def beam_search(decoder: Decoder, x: torch.Tensor, trie: Trie, beam_size: int, *,
@@ -83,7 +128,7 @@ def beam_search(decoder: Decoder, x: torch.Tensor, trie: Trie, beam_size: int, *
         done_scores = torch.full((queries, 0), float("-inf"), device=device)
         done_leaves = torch.full((queries, 0), -1, dtype=torch.long, device=device)
         codes = None
-        for depth in range(trie.num_levels):
+        for depth in range(trie.num_codebooks):
             with _timed(timings, "decoder", device), precision:
                 logits = decoder.step(state, codes).float()  # (Q, width, L)
             with _timed(timings, "mask", device):
@@ -96,8 +141,8 @@ def beam_search(decoder: Decoder, x: torch.Tensor, trie: Trie, beam_size: int, *
                 if not step.live.any():
                     break
                 scores, nodes, source = _live_grid(step)
-                state.reorder(source // trie.vocab_size)
-                codes = source % trie.vocab_size
+                state.reorder(source // trie.codebook_size)
+                codes = source % trie.codebook_size
         best, order = done_scores.sort(dim=1, descending=True, stable=True)
         return Beams(best, done_leaves.gather(1, order))
 
@@ -121,7 +166,7 @@ def _select(trie: Trie, depth: int, scores: torch.Tensor, logits: torch.Tensor,
     ``logits`` are -inf where ``child`` is -1; a padding row, all -inf, gives NaN
     log-probabilities, which become -inf candidates.
     """
-    queries, width, vocab = logits.shape
+    queries, width, size = logits.shape
     candidates = scores[..., None] + logits.log_softmax(dim=-1)
     candidates = candidates.nan_to_num_(nan=-math.inf, neginf=-math.inf).reshape(queries, -1)
     pool = torch.cat([candidates, done_scores], dim=1)
@@ -130,13 +175,13 @@ def _select(trie: Trie, depth: int, scores: torch.Tensor, logits: torch.Tensor,
                                        value=float("-inf"))
     top = pool.topk(beam_size, dim=1)
     valid = ~torch.isinf(top.values)
-    fresh = valid & (top.indices < width * vocab)  # a continuation of a live beam
-    source = top.indices.clamp(max=width * vocab - 1)
+    fresh = valid & (top.indices < width * size)  # a continuation of a live beam
+    source = top.indices.clamp(max=width * size - 1)
     nodes = child.reshape(queries, -1).gather(1, source).masked_fill(~fresh, -1)
-    kept = (top.indices - width * vocab).clamp(0, max(done_leaves.shape[1] - 1, 0))
+    kept = (top.indices - width * size).clamp(0, max(done_leaves.shape[1] - 1, 0))
     old_leaves = (done_leaves.gather(1, kept) if done_leaves.shape[1]
                   else torch.full_like(nodes, -1))
-    if depth + 1 == trie.num_levels or not trie.num_nodes(depth + 1):
+    if depth + 1 == trie.num_codebooks or not trie.num_nodes(depth + 1):
         leaves, live = nodes, torch.zeros_like(fresh)
     else:  # a node with one identifier below it is finished: its remaining codes are forced
         leaves, count = trie.leaf_range(depth + 1, nodes.clamp(min=0))
@@ -190,6 +235,36 @@ def top_items(trie: Trie, beams: Beams, k: int,
     scores[query[keep], rank[keep]] = beams.scores.reshape(-1)[beam[keep]]
     ids[query[keep], rank[keep]] = item_ids[keep]
     return scores, ids
+
+
+class FilterCache:
+    """Tries restricted to the allowed ids of a search filter, the last few kept.
+
+    An entry holds its source trie weakly: once an update replaces that trie,
+    the entry is dropped at the next filtered search.
+    """
+
+    def __init__(self, size: int = 4) -> None:
+        self._entries: OrderedDict[tuple, tuple[weakref.ref, Trie]] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def restrict(self, trie: Trie, allowed: np.ndarray) -> Trie:
+        """``trie`` without the items whose ids are not in ``allowed`` (sorted ids)."""
+        key = (id(trie), len(allowed), hashlib.sha256(allowed.tobytes()).digest())
+        with self._lock:
+            for stale in [k for k, (source, _) in self._entries.items() if source() is None]:
+                del self._entries[stale]
+            hit = self._entries.get(key)
+            if hit is not None and hit[0]() is trie:
+                self._entries.move_to_end(key)
+                return hit[1]
+        restricted = trie.remove(trie.ids[~np.isin(trie.ids, allowed)])
+        with self._lock:
+            self._entries[key] = (weakref.ref(trie), restricted)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+        return restricted
 
 
 _PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -8,6 +8,7 @@ never modified.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,35 @@ def as_numpy(value: Any, name: str) -> np.ndarray:
     if array.dtype.kind not in _NUMERIC_KINDS:
         raise TypeError(f"{name} must hold numbers, got dtype {array.dtype}")
     return array
+
+
+def dim_of(x: Any) -> int:
+    """The number of columns of a matrix ``x`` (n, d), checked to be 2-D."""
+    shape = getattr(x, "shape", None) or np.shape(x)
+    if len(shape) != 2:
+        raise ValueError(f"x must be a 2-D array of shape (n, d), got shape {tuple(shape)}")
+    return int(shape[1])
+
+
+def as_dim(d: Any, feature_dim: int | None = None) -> int:
+    """The index dimension ``d``: a positive integer, by default (and necessarily)
+    ``feature_dim``, the size of a backbone's features, when there is one."""
+    if d is None and feature_dim is not None:
+        d = feature_dim
+    if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d <= 0:
+        raise ValueError(f"d must be a positive integer, got {d!r}")
+    if feature_dim is not None and d != feature_dim:
+        raise ValueError(f"d={d} but the backbone's features have {feature_dim} dimensions")
+    return int(d)
+
+
+def check_cache(cache_dir: Any, cache: Any) -> None:
+    """``cache_dir``: None or a path; ``cache``: True or False (no feature cache)."""
+    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+        raise TypeError(f"cache_dir must be a folder path or None, got {cache_dir!r} "
+                        "(cache=False turns the feature cache off)")
+    if not isinstance(cache, bool):
+        raise TypeError(f"cache must be True or False, got {cache!r}")
 
 
 def as_vectors(x: Any, d: int, name: str = "x") -> np.ndarray:
@@ -157,13 +187,18 @@ def as_positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
-def as_fraction(value: Any, name: str) -> float:
+def as_nonnegative(value: Any, name: str) -> float:
     """A finite number >= 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     if not np.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value}")
     return float(value)
+
+
+def default_device() -> torch.device:
+    """CUDA when present, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def as_device(device: Any, name: str = "device") -> torch.device:

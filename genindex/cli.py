@@ -22,14 +22,12 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import Any, NamedTuple
 
 from . import __version__, checks, distributed
 from .cli_inputs import (
-    PRESETS,
     check_out,
     expand_images,
     label_kind,
@@ -38,11 +36,10 @@ from .cli_inputs import (
     read_items,
     read_vectors,
 )
+from .config import PRESETS
+from .extract import extract_sharded, open_cache
 
 log = logging.getLogger("genindex")
-# Beams decoded at once by default: the key/value cache takes about
-# n_layer * 2 * M * n_embd * 4 bytes per beam (0.56 MiB for the 24-layer decoder).
-_BEAMS_IN_FLIGHT = 8192
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,12 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="print the result as JSON")
     common.add_argument("-q", "--quiet", action="store_true",
                         help="no progress bars or log messages")
-    for name, helptext, add in _COMMANDS:
-        sub = commands.add_parser(name, parents=[common], help=helptext, description=helptext,
-                                  epilog="examples:\n" + _EXAMPLES[name],
+    for command in COMMANDS:
+        sub = commands.add_parser(command.name, parents=[common], help=command.help,
+                                  description=command.help,
+                                  epilog="examples:\n" + command.examples,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-        add(sub)
-        sub.set_defaults(handler=globals()[f"_{name}"])
+        command.arguments(sub)
+        sub.set_defaults(handler=command.run)
     return parser
 
 
@@ -167,8 +165,6 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beam-size", type=_positive, help="beams kept per step (default max(k, 10))")
     p.add_argument("--mmap", action="store_true", help="map the index's code table and "
                    "vectors from disk instead of reading them (large indexes)")
-    p.add_argument("--batch-size", type=_positive, help="queries searched together "
-                   f"(default {_BEAMS_IN_FLIGHT} // beam size: bounds the decoder's cache)")
 
 
 def _image_args(p: argparse.ArgumentParser) -> None:
@@ -196,10 +192,11 @@ def _build(args: argparse.Namespace) -> int:
     if items.paths is None:
         index = GenerativeIndex(items.data.shape[1], config)
     else:
-        index = GenerativeIndex(None, config, backbone=args.backbone, cache_dir=_cache(args))
+        index = GenerativeIndex(None, config, backbone=args.backbone, **_cache(args))
     index.to(device)
-    if items.paths is not None and distributed.active():
-        _extract_sharded(index, items.paths, progress)
+    if items.paths is not None and distributed.active() and index.cache and not index.end_to_end:
+        extract_sharded(index.backbone, items.paths, device=device, progress=progress,
+                        cache=open_cache(index.backbone, index.cache_dir))
     log.info("training on %d items (%d process(es), %s)", len(items.data),
              distributed.world_size(), device)
     history = index.train(items.data, items.labels, progress=progress)
@@ -224,7 +221,8 @@ def _search(args: argparse.Namespace) -> int:
         raise ValueError("give query image files or --vectors Q.npy (one of them)")
     index = _load(args)
     queries = read_vectors(args.vectors) if args.vectors else expand_images(args.queries)
-    scores, ids = _search_all(index, queries, args.k, args)
+    scores, ids = index.search(queries, args.k, beam_size=args.beam_size,
+                               progress=_progress(args))
     names = list(range(len(ids))) if args.vectors else [str(q) for q in queries]
     if args.json:
         _print_json({"k": args.k, "queries": names, "ids": ids.tolist(),
@@ -259,17 +257,9 @@ def _add(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     index = _load(args, mmap=True)
-    quantizer = index.tokenizer.quantizer
     files = [p for p in Path(args.index).iterdir() if p.is_file()]
-    info = {"index": str(args.index), "ntotal": index.ntotal, "d": index.d,
-            "num_codebooks": quantizer.num_codebooks, "codebook_size": quantizer.codebook_size,
-            "decoder_layers": index.config.decoder.n_layer,
-            "decoder_parameters": sum(p.numel() for p in index.decoder.parameters()),
-            "tokenizer_parameters": sum(p.numel() for p in index.tokenizer.parameters()),
-            "backbone": None if index.backbone is None else index.backbone.spec(),
-            "end_to_end": index.end_to_end, "store_vectors": index.config.store_vectors,
-            "disk_bytes": sum(p.stat().st_size for p in files),
-            "config": index.config.to_dict()}
+    info = {"index": str(args.index), **index.describe(),
+            "disk_bytes": sum(p.stat().st_size for p in files)}
     if args.json:
         _print_json(info)
     else:
@@ -292,7 +282,8 @@ def _eval(args: argparse.Namespace) -> int:
         raise ValueError(f"--labels holds {label_kind(queries.labels)} but --db-labels "
                          f"{label_kind(db_labels)}: they must name classes the same way")
     index = _load(args)
-    _, ids = _search_all(index, queries.data, max(args.k), args)
+    ids = index.search(queries.data, max(args.k), beam_size=args.beam_size,
+                       progress=_progress(args)).ids
     quality = evaluate(ids, db_labels, queries.labels, tuple(sorted(set(args.k))))
     result = {f"{name}@{k}": value for name, values in
               (("precision", quality.precision), ("recall", quality.recall),
@@ -306,30 +297,6 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"{k:>5}  {quality.precision[k]:>9.4f}  {quality.recall[k]:>9.4f}  "
               f"{quality.map[k]:>9.4f}")
     return 0
-
-
-_COMMANDS = [
-    ("build", "train an index on vectors or images and save it", _build_args),
-    ("search", "print the k best items for each query", _search_args),
-    ("add", "add items to a saved index (no retraining)", _add_args),
-    ("info", "describe a saved index", _info_args),
-    ("eval", "precision@K, recall@K and MAP@K of an index on labelled queries", _eval_args),
-]
-
-_EXAMPLES = {
-    "build": "  genindex build --vectors x.npy --labels y.npy --out my.index\n"
-             "  genindex build --images photos/ --labels labels.csv --out my.index\n"
-             "  genindex build --images train/ --labels-from-dirs --config paper-large "
-             "--out big.index\n"
-             "  torchrun --nproc_per_node=4 -m genindex build ...   (one process per GPU)",
-    "search": "  genindex search my.index query.jpg other.jpg -k 5\n"
-              "  genindex search my.index --vectors q.npy -k 10 --json",
-    "add": "  genindex add my.index new/photos/\n"
-           "  genindex add my.index --vectors more.npy --ids more_ids.npy",
-    "info": "  genindex info my.index --json",
-    "eval": "  genindex eval my.index --vectors q.npy --labels yq.npy --db-labels y.npy\n"
-            "  genindex eval my.index --images val/ --labels-from-dirs --db-labels train/",
-}
 
 
 # -------------------------------------------------------------------- helpers
@@ -351,42 +318,13 @@ def _load(args: argparse.Namespace, mmap: bool = False):
     from .index import GenerativeIndex
 
     extra = {"mmap": True} if mmap or getattr(args, "mmap", False) else {}
-    return GenerativeIndex.load(args.index, device=args.device, cache_dir=_cache(args),
-                                **extra)
+    return GenerativeIndex.load(args.index, device=args.device, **_cache(args), **extra)
 
 
-def _search_all(index, queries: Any, k: int, args: argparse.Namespace):
-    """Search in batches of ``--batch-size`` queries; (scores, ids) of all of them."""
-    from tqdm.auto import tqdm
-
-    scores, ids = [], []
-    size = args.batch_size or max(1, _BEAMS_IN_FLIGHT // (args.beam_size or max(k, 10)))
-    for start in tqdm(range(0, len(queries), size), desc="search", unit="batch",
-                      disable=not _progress(args), leave=False):
-        result = index.search(queries[start:start + size], k, beam_size=args.beam_size)
-        scores.append(result.scores)
-        ids.append(result.ids)
-    return np.concatenate(scores), np.concatenate(ids)
-
-
-def _extract_sharded(index, paths: list[Path], progress: bool) -> None:
-    """Each rank embeds its share of the images into the shared Parquet cache."""
-    from .extract import extract_features, open_cache
-
-    cache = open_cache(index.backbone, index.cache_dir)
-    if cache is None or index.end_to_end:
-        return  # no shared cache (or pixels, not features): every rank reads all images
-    mine = [paths[i] for i in distributed.split_range(len(paths))]
-    if mine:
-        extract_features(index.backbone, mine, cache=cache, device=index.device,
-                         progress=progress)
-    distributed.barrier()
-
-
-
-
-def _cache(args: argparse.Namespace):
-    return False if getattr(args, "no_cache", False) else getattr(args, "cache_dir", None)
+def _cache(args: argparse.Namespace) -> dict[str, Any]:
+    """The feature-cache arguments of an index: ``--cache-dir`` and ``--no-cache``."""
+    return {"cache_dir": getattr(args, "cache_dir", None),
+            "cache": not getattr(args, "no_cache", False)}
 
 
 def _emit(args: argparse.Namespace, result: dict, text: str) -> None:
@@ -409,3 +347,35 @@ def _positive(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+class Command(NamedTuple):
+    """A sub-command: its name, what it does, its arguments, its handler, examples."""
+
+    name: str
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    examples: str
+
+
+COMMANDS = (
+    Command("build", "train an index on vectors or images and save it", _build_args, _build,
+            "  genindex build --vectors x.npy --labels y.npy --out my.index\n"
+            "  genindex build --images photos/ --labels labels.csv --out my.index\n"
+            "  genindex build --images train/ --labels-from-dirs --config paper-large "
+            "--out big.index\n"
+            "  torchrun --nproc_per_node=4 -m genindex build ...   (one process per GPU)"),
+    Command("search", "print the k best items for each query", _search_args, _search,
+            "  genindex search my.index query.jpg other.jpg -k 5\n"
+            "  genindex search my.index --vectors q.npy -k 10 --json"),
+    Command("add", "add items to a saved index (no retraining)", _add_args, _add,
+            "  genindex add my.index new/photos/\n"
+            "  genindex add my.index --vectors more.npy --ids more_ids.npy"),
+    Command("info", "describe a saved index", _info_args, _info,
+            "  genindex info my.index --json"),
+    Command("eval", "precision@K, recall@K and MAP@K of an index on labelled queries",
+            _eval_args, _eval,
+            "  genindex eval my.index --vectors q.npy --labels yq.npy --db-labels y.npy\n"
+            "  genindex eval my.index --images val/ --labels-from-dirs --db-labels train/"),
+)

@@ -24,11 +24,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .config import DecoderConfig, IndexConfig, TokenizerConfig
-from .images import IMAGE_SUFFIXES
+from .config import PRESETS, IndexConfig
+from .images import image_files
 
 _PATH_COLUMNS = ("path", "file", "image", "filename")
-PRESETS = ("default", "paper", "paper-large")
 
 
 class Labelled(NamedTuple):
@@ -82,13 +81,12 @@ def read_label_file(path: str, option: str = "--labels") -> LabelFile:
 
 def list_images(folder: str, option: str = "--images") -> list[Path]:
     """The images under ``folder``, recursively, sorted (as genindex.images does)."""
-    root = Path(folder)
-    if not root.is_dir():
+    if not Path(folder).is_dir():
         raise ValueError(f"{option} {folder}: not a folder")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ValueError(f"{option} {folder}: holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    return files
+    try:
+        return image_files(Path(folder))
+    except ValueError as error:
+        raise ValueError(f"{option} {folder}: {error}") from None
 
 
 def read_items(vectors: str | None, images: str | None, labels: str | None,
@@ -121,14 +119,8 @@ def read_items(vectors: str | None, images: str | None, labels: str | None,
 
 def read_config(value: str | None, seed: int | None = None) -> IndexConfig:
     """``--config``: a preset name, inline JSON (``{...}``) or a JSON file."""
-    if value is None or value == "default":
-        config = IndexConfig()
-    elif value in PRESETS:
-        decoder = DecoderConfig.paper() if value == "paper" else DecoderConfig.paper_large()
-        # the tokenizer of appendix A: batch 128, 200 epochs, lr 5e-4, 20 warm-up epochs
-        tokenizer = TokenizerConfig(batch_size=128, epochs=200, lr=5e-4, warmup_epochs=20,
-                                    min_steps=0)
-        config = IndexConfig(tokenizer=tokenizer, decoder=decoder)
+    if value is None or value in PRESETS:
+        config = IndexConfig.preset(value or "default")
     else:
         text = value
         if not value.lstrip().startswith("{"):

@@ -11,6 +11,21 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+# The paper's settings (appendix A, section 4.3), one line each; the fields not
+# named keep the defaults below. ``IndexConfig.paper()`` puts them together.
+PAPER: dict[str, dict[str, Any]] = {
+    # tokenizer: batch 128 for 200 epochs, lr 5e-4 after 20 warm-up epochs
+    "tokenizer": dict(batch_size=128, epochs=200, lr=5e-4, warmup_epochs=20, min_steps=0),
+    # decoder: 12 blocks of width 768, batch 64 for 200 epochs, lr 4e-5 after 20 warm-up epochs
+    "decoder": dict(n_layer=12, n_head=12, n_embd=768, batch_size=64, epochs=200, lr=4e-5,
+                    warmup_epochs=20, min_steps=0),
+    # million-image sets (section 4.3): the same decoder, 24 blocks deep
+    "decoder-large": dict(n_layer=24),
+    # the encoder is fine-tuned with both parts, at 1/100 of their learning rate
+    "index": dict(end_to_end=True, backbone_lr_scale=0.01),
+}
+PRESETS = ("default", "paper", "paper-large")  # names the command line takes (--config)
+
 
 @dataclass(frozen=True)
 class TokenizerConfig:
@@ -52,6 +67,11 @@ class TokenizerConfig:
         if self.identifiers not in ("feature", "class"):
             raise ValueError("TokenizerConfig: identifiers must be 'feature' or 'class', "
                              f"got {self.identifiers!r}")
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> TokenizerConfig:
+        """The paper's tokenizer training (appendix A)."""
+        return cls(**{**PAPER["tokenizer"], **overrides})
 
 
 @dataclass(frozen=True)
@@ -101,15 +121,13 @@ class DecoderConfig:
 
     @classmethod
     def paper(cls, **overrides: Any) -> DecoderConfig:
-        """The paper's decoder: 12 blocks of width 768 (appendix A)."""
-        values = dict(n_layer=12, n_head=12, n_embd=768, lr=4e-5, batch_size=64,
-                      epochs=200, warmup_epochs=20, min_steps=0)
-        return cls(**{**values, **overrides})
+        """The paper's decoder and its training (appendix A): 12 blocks of width 768."""
+        return cls(**{**PAPER["decoder"], **overrides})
 
     @classmethod
     def paper_large(cls, **overrides: Any) -> DecoderConfig:
         """The paper's decoder for million-image sets (section 4.3): 24 blocks of width 768."""
-        return cls.paper(**{"n_layer": 24, **overrides})
+        return cls.paper(**{**PAPER["decoder-large"], **overrides})
 
 
 @dataclass(frozen=True)
@@ -141,6 +159,19 @@ class IndexConfig:
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"IndexConfig: betas must be two numbers in [0, 1), got {self.betas}")
         _check_nonnegative(self, "weight_decay", "backbone_lr_scale", "seed")
+
+    @classmethod
+    def paper(cls, large: bool = False) -> IndexConfig:
+        """The paper's setup (appendix A); ``large``: the decoder of section 4.3."""
+        decoder = DecoderConfig.paper_large() if large else DecoderConfig.paper()
+        return cls(tokenizer=TokenizerConfig.paper(), decoder=decoder, **PAPER["index"])
+
+    @classmethod
+    def preset(cls, name: str) -> IndexConfig:
+        """The preset called ``name``, one of :data:`PRESETS`."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+        return cls() if name == "default" else cls.paper(large=name == "paper-large")
 
     def replace(self, **changes: Any) -> IndexConfig:
         return dataclasses.replace(self, **changes)

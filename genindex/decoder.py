@@ -161,26 +161,28 @@ class DecodeState:
 
 
 class Decoder(nn.Module):
-    """Transformer decoder over M-code identifiers with a codebook of size L."""
+    """Transformer decoder over M-code identifiers (M = ``num_codebooks``) with codebooks
+    of L = ``codebook_size`` codes; its embedding has a row for the start token and one
+    for every (level, code) pair, 1 + M * L in all."""
 
-    def __init__(self, config: DecoderConfig, vocab_size: int, num_levels: int,
-                 memory: nn.Module | int) -> None:
-        """``memory`` maps the decoder's input to memory tokens (B, S, n_embd); an int d
-        stands for a :class:`VectorMemory` over d-dimensional query vectors."""
+    def __init__(self, config: DecoderConfig, codebook_size: int, num_codebooks: int,
+                 memory: nn.Module) -> None:
+        """``memory`` maps the decoder's input to memory tokens (B, S, n_embd): a
+        :class:`VectorMemory` for query vectors (:meth:`for_vectors`) or a
+        :class:`TokenMemory` over a backbone's tokens."""
         super().__init__()
-        self.config, self.vocab_size, self.num_levels = config, vocab_size, num_levels
+        self.config = config
+        self.codebook_size, self.num_codebooks = codebook_size, num_codebooks
         E = config.n_embd
-        if isinstance(memory, int):
-            memory = VectorMemory(memory, config.n_memory, E, config.input_dropout)
         self.memory = memory
         # token 0 is the start token; code l at level m is token 1 + m * L + l
-        self.wte = nn.Embedding(1 + num_levels * vocab_size, E)
-        self.wpe = nn.Embedding(num_levels, E)
+        self.wte = nn.Embedding(1 + num_codebooks * codebook_size, E)
+        self.wpe = nn.Embedding(num_codebooks, E)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(E)
         # one output layer per level: code l at level 1 and at level 2 are unrelated
-        self.head = nn.Parameter(torch.empty(num_levels, vocab_size, E))
+        self.head = nn.Parameter(torch.empty(num_codebooks, codebook_size, E))
         pretrained = {id(m) for b in self.modules() if isinstance(b, Backbone) for m in b.modules()}
         for module in self.modules():
             if id(module) not in pretrained:  # a backbone keeps its own weights
@@ -189,6 +191,13 @@ class Decoder(nn.Module):
         for name, p in self.blocks.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(3 * config.n_layer))
+
+    @classmethod
+    def for_vectors(cls, config: DecoderConfig, codebook_size: int, num_codebooks: int,
+                    input_dim: int) -> Decoder:
+        """A decoder whose queries are ``input_dim``-dimensional vectors."""
+        memory = VectorMemory(input_dim, config.n_memory, config.n_embd, config.input_dropout)
+        return cls(config, codebook_size, num_codebooks, memory)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -218,7 +227,7 @@ class Decoder(nn.Module):
         if targets is not None and allowed is not None:
             loss = masked_cross_entropy(logits, targets, allowed, smoothing)
         elif targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, self.vocab_size), targets.reshape(-1),
+            loss = F.cross_entropy(logits.reshape(-1, self.codebook_size), targets.reshape(-1),
                                    label_smoothing=smoothing)
         return logits, loss
 
@@ -240,7 +249,7 @@ class Decoder(nn.Module):
             tokens = torch.zeros(queries, state.beams, dtype=torch.long,
                                  device=state.memory_kv[0][0].device)
         else:
-            tokens = 1 + (state.t - 1) * self.vocab_size + codes
+            tokens = 1 + (state.t - 1) * self.codebook_size + codes
         h = self.drop(self.wte(tokens) + self.wpe.weight[state.t])
         present = []
         for block, kv, past in zip(self.blocks, state.memory_kv, state.past):
@@ -254,7 +263,7 @@ class Decoder(nn.Module):
         """Start token followed by the level-specific embedding of each code."""
         levels = torch.arange(prefix.shape[1], device=prefix.device)
         start = torch.zeros(len(prefix), 1, dtype=torch.long, device=prefix.device)
-        tokens = torch.cat([start, 1 + levels * self.vocab_size + prefix], dim=1)
+        tokens = torch.cat([start, 1 + levels * self.codebook_size + prefix], dim=1)
         positions = torch.arange(tokens.shape[1], device=prefix.device)
         return self.drop(self.wte(tokens) + self.wpe(positions))
 

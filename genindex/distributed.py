@@ -38,6 +38,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .backbones import Backbone
+from .checks import default_device
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 class Shard(NamedTuple):
     """This rank's part of a global batch and the weight of its mean loss."""
 
-    index: torch.Tensor  # positions in the training set
+    rows: torch.Tensor  # this rank's rows of the batch (cut along the first axis)
     weight: float  # world_size * len(index) / len(global batch); 1.0 on one process
 
 
@@ -80,8 +81,7 @@ def init(device: str | torch.device | None = None) -> torch.device:
     device is ``device``, else CUDA when present, else the CPU. Under a
     launcher, CUDA ranks use ``cuda:LOCAL_RANK`` and NCCL; CPU ranks use Gloo.
     """
-    wanted = torch.device(device) if device is not None else torch.device(
-        "cuda" if torch.cuda.is_available() else "cpu")
+    wanted = torch.device(device) if device is not None else default_device()
     if not launched():
         return wanted
     if wanted.type == "cuda":
@@ -115,7 +115,7 @@ def barrier() -> None:
 
 
 def shard(batch: torch.Tensor) -> Shard:
-    """This rank's slice of the global ``batch`` of training-set positions.
+    """This rank's slice of the global ``batch`` of training rows (its first axis).
 
     A batch smaller than the number of ranks is padded by repeating it, so that
     no rank trains on nothing (DDP needs every rank to step together).
@@ -128,7 +128,7 @@ def shard_of(batch: torch.Tensor, rank: int, world_size: int) -> Shard:
     if world_size == 1:
         return Shard(batch, 1.0)
     if len(batch) < world_size:
-        batch = batch.repeat(-(-world_size // len(batch)))[:world_size]
+        batch = batch[torch.arange(world_size, device=batch.device) % len(batch)]
     part = batch.tensor_split(world_size)[rank]
     return Shard(part, world_size * len(part) / len(batch))
 

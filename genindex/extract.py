@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
 import numpy as np
 import torch
 
-from . import checks
+from . import checks, distributed
 from .backbones import Backbone
 from .cache import FeatureCache
 from .images import image_refs, looks_like_images, pixel_batches
@@ -49,12 +53,20 @@ def load_pixels(backbone: Backbone, images, *, batch_size: int = 256,
     return torch.cat(batches)
 
 
-def open_cache(backbone: Backbone, cache_dir) -> FeatureCache | None:
-    """The feature cache of ``backbone``: None for ``cache_dir=False``, the default
-    folder for None or True, else under ``cache_dir``."""
-    if cache_dir is False:
-        return None
-    return FeatureCache(backbone.cache_key(), None if cache_dir in (None, True) else cache_dir)
+def open_cache(backbone: Backbone, cache_dir: str | os.PathLike | None = None) -> FeatureCache:
+    """The feature cache of ``backbone``, under ``cache_dir`` (default: the user's
+    cache folder, see :func:`genindex.cache.default_cache_dir`)."""
+    return FeatureCache(backbone.cache_key(), cache_dir)
+
+
+def extract_sharded(backbone: Backbone, paths: Sequence[Path], *, cache: FeatureCache,
+                    device: torch.device, progress: bool = True) -> None:
+    """Under ``torchrun``: every rank embeds its share of the images into the shared
+    ``cache``, then waits for the others, so that each rank then reads them all."""
+    mine = [paths[i] for i in distributed.split_range(len(paths))]
+    if mine:
+        extract_features(backbone, mine, cache=cache, device=device, progress=progress)
+    distributed.barrier()
 
 
 def model_inputs(x, *, d: int, backbone: Backbone | None, pixels: bool,

@@ -13,6 +13,7 @@ the CPU default) or with the backbone itself fine-tuned at
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +26,8 @@ from . import checks
 from .backbones import Backbone, get_backbone
 from .cache import FeatureCache
 from .extract import model_inputs, open_cache
+from .loop import Objective, batches, epoch_plan, train_loop
 from .tokenizer import CosineClassifier
-from .train import autocast, batches, epoch_bar, make_optimizer, step
 
 
 @dataclass(frozen=True)
@@ -82,15 +83,19 @@ class FineTunedFeatures:
 
 def finetune(x: Any, labels: Any, *, backbone: str | Backbone | None = None,
              config: FineTuneConfig = FineTuneConfig(), device: str = "cpu",
-             cache_dir: Any = None, progress: bool = True) -> FineTunedFeatures:
-    """Train the FT baseline on ``x`` (images with a backbone, else vectors)."""
+             cache_dir: str | os.PathLike | None = None, cache: bool = True,
+             progress: bool = True) -> FineTunedFeatures:
+    """Train the FT baseline on ``x`` (images with a backbone, else vectors).
+
+    ``cache_dir``: where image features are cached (default: the user's cache
+    folder); ``cache=False``: no feature cache."""
     device_t = torch.device(device)
     backbone_m = None if backbone is None else get_backbone(backbone).to(device_t)
     if config.full and backbone_m is None:
         raise ValueError("full=True fine-tunes a backbone: pass backbone=")
-    cache = None if backbone_m is None else open_cache(backbone_m, cache_dir)
+    features = None if backbone_m is None or not cache else open_cache(backbone_m, cache_dir)
     d = backbone_m.feature_dim if backbone_m is not None else _width(x)
-    inputs, _ = model_inputs(x, d=d, backbone=backbone_m, pixels=config.full, cache=cache,
+    inputs, _ = model_inputs(x, d=d, backbone=backbone_m, pixels=config.full, cache=features,
                              device=device_t, progress=progress)
     y = torch.from_numpy(checks.as_labels(labels, len(inputs))).to(device_t)
     generator = torch.Generator().manual_seed(config.seed)
@@ -98,18 +103,13 @@ def finetune(x: Any, labels: Any, *, backbone: str | Backbone | None = None,
         torch.manual_seed(config.seed)
         trainable = copy.deepcopy(backbone_m).train() if config.full else None
         model = FineTuned(d, config, int(y.max()) + 1, trainable).to(device_t)
-        optimizer, schedule = make_optimizer(model, config.lr, config, len(inputs),
-                                             config.batch_size, config.epochs, 1)
-        history = []
-        for _ in epoch_bar(config.epochs, "FT baseline", progress):
-            model.train()
-            losses = []
-            for idx in batches(len(inputs), config.batch_size, generator, device_t):
-                with autocast(device_t):
-                    loss = model.classifier.loss(model(inputs[idx]), y[idx])
-                losses.append(step(loss, optimizer, schedule))
-            history.append(sum(losses) / len(losses))
-    return FineTunedFeatures(model.eval(), backbone_m, d, device_t, cache, history)
+        passes = (batches(len(inputs), config.batch_size, generator, device_t)
+                  for _ in range(config.epochs))
+        history = train_loop(Objective(model, lambda m, x, y: m.classifier.loss(m(x), y)),
+                             lambda objective, rows: objective(inputs[rows], y[rows]), passes,
+                             epoch_plan(config.lr, config.epochs, 1, len(inputs),
+                                        config.batch_size), config, "FT baseline", progress)
+    return FineTunedFeatures(model.eval(), backbone_m, d, device_t, features, history)
 
 
 def _width(x: Any) -> int:

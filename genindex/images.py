@@ -47,10 +47,10 @@ def image_refs(images: Any) -> list[ImageRef]:
     if isinstance(images, (str, os.PathLike)):
         path = Path(images)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not files:
-                raise ValueError(f"the folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-            return [_file_ref(p) for p in files]
+            try:
+                return [_file_ref(p) for p in image_files(path)]
+            except ValueError as error:
+                raise ValueError(f"the folder {path} {error}") from None
         return [_file_ref(path)]
     if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
         if len(images) == 0:
@@ -69,6 +69,14 @@ def image_refs(images: Any) -> list[ImageRef]:
             raise ValueError("images is empty: expected at least one image")
         return refs
     return [_single_ref(images, "image")]
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files under ``folder``, recursively, sorted (by :data:`IMAGE_SUFFIXES`)."""
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
 
 
 def to_rgb(image) -> Any:

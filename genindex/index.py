@@ -24,26 +24,20 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from . import checks
+from . import checks, schema
 from .backbones import Backbone, get_backbone
-from .beam import beam_search, compute_dtype, top_items
+from .beam import FilterCache, compute_dtype, search
 from .cache import FeatureCache
-from .checks import NotTrainedError
+from .checks import NotTrainedError, default_device
 from .config import IndexConfig
 from .decoder import Decoder
 from .extract import model_inputs, open_cache
-from .models import build_models, embed, train_models
-from .persist import IndexFormatError, read_folder, write_folder
-from .refresh import RefreshHistory, default_steps, refresh_data, refresh_decoder
-from .state import NO_IDS, FilterCache, restore, saved_backbone, snapshot_files, with_fresh
-from .state import State as _State
-from .store import VectorStore
+from .refresh import RefreshHistory, refresh
+from .snapshot import NO_IDS, Snapshot
 from .tokenizer import SemanticTokenizer
-from .train import TrainHistory
-from .trie import Trie
+from .train import Models, TrainHistory, train_models
 
 log = logging.getLogger(__name__)
-_SEARCH_CHUNK = 1024  # queries decoded together; bounds memory for big batches
 
 
 class SearchResult(NamedTuple):
@@ -72,29 +66,24 @@ class GenerativeIndex:
 
     def __init__(self, d: int | None = None, config: IndexConfig | None = None, *,
                  backbone: str | Backbone | None = None,
-                 cache_dir: str | os.PathLike | bool | None = None) -> None:
+                 cache_dir: str | os.PathLike | None = None, cache: bool = True) -> None:
         """``d``: the vector dimension (with a backbone, its feature size by default).
 
         ``backbone``: see :mod:`genindex.backbones`. ``cache_dir``: where image
-        features are cached (None: the default folder, False: no cache).
+        features are cached (default: the user's cache folder, see
+        :mod:`genindex.cache`); ``cache=False``: no feature cache.
         """
         if config is not None and not isinstance(config, IndexConfig):
             raise TypeError(f"config must be an IndexConfig, got {type(config).__name__}")
         self.backbone = None if backbone is None else get_backbone(backbone)
-        if d is None and self.backbone is not None:
-            d = self.backbone.feature_dim
-        if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d <= 0:
-            raise ValueError(f"d must be a positive integer, got {d!r}")
-        if self.backbone is not None and d != self.backbone.feature_dim:
-            raise ValueError(f"d={d} but the backbone's features have "
-                             f"{self.backbone.feature_dim} dimensions")
-        self._d = int(d)
+        self._d = checks.as_dim(d, None if self.backbone is None else self.backbone.feature_dim)
+        checks.check_cache(cache_dir, cache)
         self.config = config or IndexConfig()
-        self.cache_dir = cache_dir
+        self.cache_dir, self.cache = cache_dir, cache
         self._cache: FeatureCache | None = None
         self.history: TrainHistory | None = None
         self.device = torch.device("cpu")
-        self._state: _State | None = None
+        self._state: Snapshot | None = None
         self._next_id = 0
         self._refreshes = 0
         self._filters = FilterCache()
@@ -104,7 +93,7 @@ class GenerativeIndex:
     @classmethod
     def fit(cls, x: Any, labels: Any = None, config: IndexConfig | None = None, *,
             backbone: str | Backbone | None = None, device: str | torch.device | None = None,
-            cache_dir: str | os.PathLike | bool | None = None,
+            cache_dir: str | os.PathLike | None = None, cache: bool = True,
             progress: bool = True) -> GenerativeIndex:
         """Train on ``x`` with optional class ``labels``, then add ``x`` (ids 0..n-1).
 
@@ -112,14 +101,17 @@ class GenerativeIndex:
         to train and search (default: CUDA when present, else the CPU).
         """
         if backbone is None:
-            x = checks.as_vectors(x, _dim_of(x))
+            x = checks.as_vectors(x, checks.dim_of(x))
         index = cls(None if backbone else x.shape[1], config, backbone=backbone,
-                    cache_dir=cache_dir)
+                    cache_dir=cache_dir, cache=cache)
         index.to(default_device() if device is None else device)
         inputs = index._inputs(x, progress)
-        index._train(inputs, labels, progress)
-        with index._lock:
-            index._insert(inputs, np.arange(len(inputs.tensor), dtype=np.int64), fresh=False)
+        models = index._train(inputs, labels, progress)
+        with index._lock:  # the codes and vectors training computed: no second pass
+            index._state = index._state.insert(
+                models.codes.cpu().numpy(), models.vectors.float().cpu().numpy(),
+                np.arange(len(inputs.tensor), dtype=np.int64), fresh=False)
+            index._next_id = len(inputs.tensor)
         return index
 
     def train(self, x: Any, labels: Any = None, *, progress: bool = True) -> TrainHistory:
@@ -129,7 +121,7 @@ class GenerativeIndex:
         item of the query's class (the paper). Without, that of one of its
         nearest neighbours.
         """
-        return self._train(self._inputs(x, progress), labels, progress)
+        return self._train(self._inputs(x, progress), labels, progress).history
 
     def add(self, x: Any, *, progress: bool = False) -> None:
         """Add items with consecutive new ids (after the largest id ever used).
@@ -163,9 +155,7 @@ class GenerativeIndex:
             state = self._require_trained()
             removed = int(state.trie.contains(ids).sum())
             if removed:
-                vectors = None if state.vectors is None else state.vectors.remove(ids)
-                self._state = state._replace(trie=state.trie.remove(ids), vectors=vectors,
-                                             fresh=with_fresh(state.fresh, removed=ids))
+                self._state = state.remove(ids)
             return removed
 
     def reset(self) -> None:
@@ -173,14 +163,12 @@ class GenerativeIndex:
         with self._lock:
             state = self._state
             if state is not None:
-                vectors = None if state.vectors is None else VectorStore.empty(self.d)
-                self._state = state._replace(trie=state.trie.remove(state.trie.ids),
-                                             vectors=vectors, fresh=NO_IDS)
+                self._state = state.remove(state.trie.ids)
             self._next_id = 0
 
     # ---------------------------------------------------------------- search
     def search(self, x: Any, k: int, *, beam_size: int | None = None,
-               filter: Any = None, dtype: Any = None,
+               filter: Any = None, dtype: Any = None, timings: dict[str, float] | None = None,
                progress: bool = False) -> SearchResult:
         """The ``k`` best items for each query row of ``x``: ``D, I = index.search(x, k)``.
 
@@ -197,61 +185,48 @@ class GenerativeIndex:
         ``dtype``: the decoder's compute precision: None or ``"float32"`` (exact),
         ``"bfloat16"`` or ``"float16"``: about twice as fast on GPUs and on CPUs
         with bfloat16 instructions, scores off by about 1e-2 (docs/performance.md).
+        ``timings``: a dict that accumulates the seconds spent in each part of the
+        search (:data:`genindex.beam.TIMED_PARTS`).
         """
         state = self._require_trained()
         k = checks.as_k(k)
         beam_size = checks.as_beam_size(beam_size, k)
         dtype = compute_dtype(dtype)
-        trie = state.trie
+        if timings is not None and not isinstance(timings, dict):
+            raise TypeError(f"timings must be a dict or None, got {type(timings).__name__}")
+        trie = None
         if filter is not None:
-            trie = self._filters.restrict(trie, checks.as_filter(filter))
-        inputs = self._inputs(x, progress).tensor
-        scores = np.empty((len(inputs), k), np.float32)
-        ids = np.empty((len(inputs), k), np.int64)
-        with torch.inference_mode():
-            for start in range(0, len(inputs), _SEARCH_CHUNK):
-                queries = inputs[start:start + _SEARCH_CHUNK]
-                beams = beam_search(state.decoder, queries, trie, beam_size, dtype=dtype)
-                distance = None
-                if state.vectors is not None:
-                    distance = state.vectors.distance(self.device, embed(state.tokenizer,
-                                                                         queries))
-                s, i = top_items(trie, beams, k, distance)
-                scores[start:start + len(queries)] = s.cpu().numpy()
-                ids[start:start + len(queries)] = i.cpu().numpy()
+            trie = self._filters.restrict(state.trie, checks.as_filter(filter))
+        queries = self._inputs(x, progress).tensor
+        scores, ids = search(state, queries, k, beam_size, trie=trie, dtype=dtype,
+                             timings=timings, progress=progress)
         return SearchResult(scores, ids)
 
     def refresh(self, labels: Any = None, ids: Any = None, *, steps: int | None = None,
                 replay: float = 1.0, progress: bool = False) -> RefreshHistory:
         """Fine-tune the decoder on the items added since it was last trained or refreshed.
 
-        ``add`` alone gives new items identifiers the decoder was never taught
-        to write. ``refresh`` teaches them (see :mod:`genindex.refresh`) while
-        replaying ``replay`` times as many old items, so old ones are not
-        forgotten. ``labels``: class labels of the items ``ids`` (default: every
-        item, in increasing id order), which must include every fresh item;
-        without labels, pairs come from nearest neighbours. ``steps``: optimizer
-        steps (default: about 10 passes over the fresh items and their replay).
-        Needs the stored vectors (``store_vectors``, not end to end). Searches
-        run on the old decoder until the new one replaces it; other updates wait.
+        ``add`` alone gives new items identifiers the decoder was never taught to
+        write; ``refresh`` teaches them (see :mod:`genindex.refresh`), replaying
+        ``replay`` times as many old items so that old ones are not forgotten.
+        ``labels``: classes of the items ``ids`` (default: every item, by
+        increasing id), which must include every fresh item; without labels,
+        pairs come from nearest neighbours. ``steps``: optimizer steps (default:
+        about 10 passes over the fresh items and their replay). Needs the stored
+        vectors (``store_vectors``, not end to end). Searches run on the old
+        decoder until the new one replaces it; other updates wait.
         """
         with self._lock:
             state = self._require_trained()
             if state.vectors is None or self.end_to_end:
                 raise ValueError("refresh fine-tunes on the stored feature vectors: it needs "
                                  "IndexConfig(store_vectors=True) and end_to_end=False")
-            steps = None if steps is None else checks.as_positive_int(steps, "steps")
-            replay = checks.as_fraction(replay, "replay")
-            data = refresh_data(state, labels, ids, self.device)
-            if not len(data.fresh):
-                return RefreshHistory()
-            if steps is None:
-                steps = default_steps(len(data.fresh), replay, self.config.decoder.batch_size)
-            decoder, history = refresh_decoder(
-                state.decoder, data, self.config, steps=steps, replay=replay,
-                seed=self.config.seed + 7919 * (self._refreshes + 1), progress=progress)
-            self._state = self._state._replace(decoder=decoder, fresh=NO_IDS)
-            self._refreshes += 1
+            decoder, history = refresh(state, self.config, labels, ids, steps=steps,
+                                       replay=replay, refreshes=self._refreshes,
+                                       device=self.device, progress=progress)
+            if history.items:
+                self._state = state._replace(decoder=decoder, fresh=NO_IDS)
+                self._refreshes += 1
         return history
 
     @property
@@ -268,12 +243,27 @@ class GenerativeIndex:
             return tokenizer.encode(inputs).cpu().numpy()
 
     def embed(self, x: Any, *, progress: bool = False) -> np.ndarray:
-        """The global feature vectors (n, d) of the inputs, as the index stores them."""
+        """The global feature vectors (n, d) of the inputs, as the index stores them:
+        a new float32 array (vectors given as such are copied)."""
         inputs = self._inputs(x, progress)
         if inputs.vectors is not None:
-            return inputs.vectors
+            return inputs.vectors.copy()
         with torch.inference_mode():
-            return embed(self._require_trained().tokenizer, inputs.tensor).float().cpu().numpy()
+            tokenizer = self._require_trained().tokenizer
+            return tokenizer.feature_vectors(inputs.tensor).float().cpu().numpy()
+
+    def describe(self) -> dict[str, Any]:
+        """Sizes, shapes, models and configuration of the index, as plain values."""
+        state = self._require_trained()
+        quantizer = state.tokenizer.quantizer
+        return {"ntotal": self.ntotal, "d": self.d, "num_codebooks": quantizer.num_codebooks,
+                "codebook_size": quantizer.codebook_size,
+                "decoder_layers": self.config.decoder.n_layer,
+                "decoder_parameters": sum(p.numel() for p in state.decoder.parameters()),
+                "tokenizer_parameters": sum(p.numel() for p in state.tokenizer.parameters()),
+                "backbone": None if self.backbone is None else self.backbone.spec(),
+                "end_to_end": self.end_to_end, "store_vectors": self.config.store_vectors,
+                "config": self.config.to_dict()}
 
     # ------------------------------------------------------------ properties
     @property
@@ -307,11 +297,10 @@ class GenerativeIndex:
         """Run training and search on ``device`` (e.g. ``"cuda"``); not during a search."""
         device = checks.as_device(device)
         with self._lock:
-            self.device = device
-            modules = [] if self._state is None else [self._state.tokenizer, self._state.decoder]
-            for module in modules + [self.backbone]:
-                if module is not None:
-                    module.to(self.device)
+            self.device, state = device, self._state
+            modules = [] if state is None else [state.tokenizer, state.decoder]
+            for module in modules + ([] if self.backbone is None else [self.backbone]):
+                module.to(device)
         return self
 
     @property
@@ -329,8 +318,7 @@ class GenerativeIndex:
         return clone
 
     def __repr__(self) -> str:
-        return (f"GenerativeIndex(d={self.d}, ntotal={self.ntotal}, "
-                f"is_trained={self.is_trained})")
+        return f"GenerativeIndex(d={self.d}, ntotal={self.ntotal}, is_trained={self.is_trained})"
 
     # ----------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike) -> None:
@@ -340,18 +328,13 @@ class GenerativeIndex:
         source); a randomly initialised or fine-tuned one with its weights.
         """
         with self._lock:
-            state, next_id, refreshes = self._require_trained(), self._next_id, self._refreshes
-        backbone = self.backbone
-        tensors, arrays = snapshot_files(state, backbone, self.end_to_end)
-        body = {"d": self.d, "config": self.config.to_dict(), "next_id": next_id,
-                "refreshes": refreshes, "num_classes": state.tokenizer.num_classes,
-                "codebook_size": state.tokenizer.quantizer.codebook_size,
-                "backbone": None if backbone is None else backbone.spec()}
-        write_folder(path, body, tensors, arrays)
+            saved = schema.Saved(self.d, self.config, self.backbone, self._require_trained(),
+                                 self._next_id, self._refreshes)
+        schema.write_index(path, saved)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str | torch.device | None = None,
-             cache_dir: str | os.PathLike | bool | None = None,
+             cache_dir: str | os.PathLike | None = None, cache: bool = True,
              mmap: bool = False) -> GenerativeIndex:
         """Read an index written by :meth:`save`; never unpickles anything.
 
@@ -362,31 +345,23 @@ class GenerativeIndex:
         stored vectors from the files instead of reading them into memory.
         """
         device = default_device() if device is None else checks.as_device(device)
-        body, tensors, arrays = read_folder(path, mmap=("codes", "vectors") if mmap else ())
-        try:
-            config = IndexConfig.from_dict(body["config"])
-            tokenizer, decoder = build_models(body, config, body["d"], tensors)
-            backbone = saved_backbone(body.get("backbone"), config, tokenizer, tensors)
-            index = cls(body["d"], config, backbone=backbone, cache_dir=cache_dir)
-            index._state, index._next_id = restore(body, arrays, tokenizer, decoder,
-                                                   config.store_vectors, index.d)
-            index._refreshes = int(body.get("refreshes", 0))
-        except IndexFormatError:
-            raise
-        except (KeyError, TypeError, ValueError, RuntimeError) as error:
-            raise IndexFormatError(f"{path} does not hold a consistent index: {error}") from None
+        saved = schema.read_index(path, mmap=mmap)
+        index = cls(saved.d, saved.config, backbone=saved.backbone, cache_dir=cache_dir,
+                    cache=cache)
+        index._state, index._next_id, index._refreshes = (saved.snapshot, saved.next_id,
+                                                          saved.refreshes)
         return index.to(device)
 
     # --------------------------------------------------------------- private
     def _inputs(self, x: Any, progress: bool) -> _Inputs:
         """Images or vectors in, what the models take out (see _Inputs)."""
-        if self._cache is None and self.backbone is not None:
+        if self._cache is None and self.backbone is not None and self.cache:
             self._cache = open_cache(self.backbone, self.cache_dir)
         return _Inputs(*model_inputs(x, d=self.d, backbone=self.backbone,
                                      pixels=self.end_to_end, cache=self._cache,
                                      device=self.device, progress=progress))
 
-    def _train(self, inputs: _Inputs, labels: Any, progress: bool) -> TrainHistory:
+    def _train(self, inputs: _Inputs, labels: Any, progress: bool) -> Models:
         n = len(inputs.tensor)
         y = None if labels is None else checks.as_labels(labels, n)
         if n < 2:
@@ -397,41 +372,27 @@ class GenerativeIndex:
         yt = None if y is None else torch.from_numpy(y).to(self.device)
         models = train_models(inputs.tensor, yt, self.config,
                               self.backbone if self.end_to_end else None, progress)
-        quantizer = models.tokenizer.quantizer
-        trie = Trie.empty(quantizer.num_codebooks, quantizer.codebook_size)
-        vectors = VectorStore.empty(self.d) if self.config.store_vectors else None
         with self._lock:
-            self._state = _State(models.tokenizer, models.decoder, trie, vectors)
+            self._state = Snapshot.empty(models.tokenizer, models.decoder, self.d,
+                                         self.config.store_vectors)
             self.history, self._refreshes = models.history, 0
-        return models.history
+        return models
 
-    def _insert(self, inputs: _Inputs, ids: np.ndarray, fresh: bool = True) -> None:
-        """Encode and insert checked items (the caller holds the lock)."""
+    def _insert(self, inputs: _Inputs, ids: np.ndarray) -> None:
+        """Encode and insert checked items as fresh ones (the caller holds the lock)."""
         state = self._state
         with torch.inference_mode():
-            codes = state.tokenizer.encode(inputs.tensor).cpu().numpy()
-            vectors = inputs.vectors
-            if state.vectors is not None and vectors is None:
-                vectors = embed(state.tokenizer, inputs.tensor).float().cpu().numpy()
-        store = None if state.vectors is None else state.vectors.insert(ids, vectors)
-        self._state = state._replace(trie=state.trie.insert(codes, ids), vectors=store,
-                                     fresh=with_fresh(state.fresh, ids) if fresh else state.fresh)
+            features, vectors = inputs.tensor, inputs.vectors
+            if vectors is None:  # pixels: embedded once, for the codes and the store
+                features = state.tokenizer.feature_vectors(inputs.tensor)
+                vectors = features.float().cpu().numpy()
+            codes = state.tokenizer.encode_vectors(features).cpu().numpy()
+        self._state = state.insert(codes, vectors, ids, fresh=True)
         self._next_id = max(self._next_id, int(ids.max()) + 1)
 
-    def _require_trained(self) -> _State:
+    def _require_trained(self) -> Snapshot:
         state = self._state
         if state is None:
             raise NotTrainedError()
         return state
 
-
-def default_device() -> torch.device:
-    """CUDA when present, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _dim_of(x: Any) -> int:
-    shape = getattr(x, "shape", None) or np.shape(x)
-    if len(shape) != 2:
-        raise ValueError(f"x must be a 2-D array of shape (n, d), got shape {tuple(shape)}")
-    return int(shape[1])

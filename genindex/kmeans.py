@@ -1,4 +1,5 @@
-"""Seeded Lloyd k-means in torch, used to place and refit codebooks."""
+"""Seeded Lloyd k-means in torch, used to place and refit codebooks, and the one
+squared-L2 distance matrix every nearest-point search here computes."""
 
 from __future__ import annotations
 
@@ -9,18 +10,27 @@ MAX_POINTS_PER_CENTROID = 256
 _CHUNK = 1 << 16  # rows per distance block: bounds memory to _CHUNK * k floats
 
 
+def squared_distances(a: torch.Tensor, b: torch.Tensor,
+                      b_norms: torch.Tensor | None = None) -> torch.Tensor:
+    """(len(a), len(b)) squared L2 distances ``|a|^2 - 2 a.b + |b|^2``; ``b_norms``
+    is ``|b|^2`` when the caller already has it."""
+    if b_norms is None:
+        b_norms = (b * b).sum(1)
+    return (a * a).sum(1, keepdim=True) - 2 * a @ b.T + b_norms
+
+
 def assign(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest centroid of every row of ``x`` and the squared distance to it."""
-    labels, dists = [], []
+    """``(codes, distances)``: the nearest centroid of every row of ``x`` and the
+    squared distance to it."""
+    codes, dists = [], []
     c_norm = (centroids * centroids).sum(1)
     for chunk in x.split(_CHUNK):
-        d = (chunk * chunk).sum(1, keepdim=True) - 2 * chunk @ centroids.T + c_norm
-        dist, label = d.min(dim=1)
-        labels.append(label)
+        dist, code = squared_distances(chunk, centroids, c_norm).min(dim=1)
+        codes.append(code)
         dists.append(dist.clamp_min(0))
-    if not labels:
+    if not codes:
         return x.new_zeros(0, dtype=torch.long), x.new_zeros(0)
-    return torch.cat(labels), torch.cat(dists)
+    return torch.cat(codes), torch.cat(dists)
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> torch.Tensor:
@@ -36,9 +46,9 @@ def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> t
         x = x[torch.randperm(n, generator=generator)[:k * MAX_POINTS_PER_CENTROID].to(x.device)]
     centroids = x[torch.randperm(len(x), generator=generator)[:k].to(x.device)].clone()
     for _ in range(iters):
-        labels, dists = assign(x, centroids)
-        sums = torch.zeros_like(centroids).index_add_(0, labels, x)
-        counts = torch.bincount(labels, minlength=k).to(x.dtype)
+        codes, dists = assign(x, centroids)
+        sums = torch.zeros_like(centroids).index_add_(0, codes, x)
+        counts = torch.bincount(codes, minlength=k).to(x.dtype)
         filled = counts > 0
         centroids[filled] = sums[filled] / counts[filled, None]
         empty = torch.nonzero(~filled).flatten()

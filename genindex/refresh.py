@@ -16,21 +16,22 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from . import checks
 from .config import IndexConfig
 from .decoder import Decoder
-from .state import State, codes_of, rows_of
-from .train import autocast, make_optimizer, step
+from .loop import Plan, train_loop
+from .partners import Partners
+from .snapshot import Snapshot
+from .train import decoder_loss
 from .trie import Trie
 
-_DISTANCE_BLOCK = 1 << 24  # distances per block in the neighbour search (64 MiB)
 # Default length: 10 passes over the fresh items and their replay, at least 300
 # steps, at the decoder's own learning rate. On emoji (--limit 50, 75 items
 # added to 75) new@10 went 0.21 -> 0.88 / 0.96 / 0.95 after 100 / 300 / 600
@@ -51,38 +52,57 @@ class RefreshHistory:
 
 @dataclass(frozen=True)
 class RefreshData:
-    """The items a refresh sees; ``fresh`` indexes the rows to teach."""
+    """The items a refresh sees, as rows ``0..n-1``; ``fresh_rows`` are the rows to teach."""
 
     x: torch.Tensor  # (n, d) float32 inputs
     codes: torch.Tensor  # (n, M) int64 identifiers
-    fresh: np.ndarray  # (f,) int64 rows of the fresh items
-    labels: np.ndarray | None  # (n,) int64 class indices, or None for neighbours
+    fresh_rows: np.ndarray  # (f,) int64 rows of the fresh items
+    labels: torch.Tensor | None  # (n,) int64 class indices, or None for neighbours
     trie: Trie  # every identifier in the index: what beam search chooses among
 
 
-def refresh_data(state: State, labels: Any, ids: Any, device: torch.device) -> RefreshData:
-    """The items a refresh learns from, checked (see :meth:`refresh`)."""
+def refresh(snapshot: Snapshot, config: IndexConfig, labels: Any, ids: Any, *,
+            steps: Any, replay: Any, refreshes: int, device: torch.device,
+            progress: bool = False) -> tuple[Decoder, RefreshHistory]:
+    """The snapshot's decoder fine-tuned on its fresh items, and what was done; the
+    decoder itself (and an empty history) when there is nothing fresh.
+
+    Arguments as :meth:`GenerativeIndex.refresh` takes them, checked here.
+    """
+    steps = None if steps is None else checks.as_positive_int(steps, "steps")
+    replay = checks.as_nonnegative(replay, "replay")
+    data = refresh_data(snapshot, labels, ids, device)
+    if not len(data.fresh_rows):
+        return snapshot.decoder, RefreshHistory()
+    if steps is None:
+        steps = default_steps(len(data.fresh_rows), replay, config.decoder.batch_size)
+    return refresh_decoder(snapshot.decoder, data, config, steps=steps, replay=replay,
+                           refreshes=refreshes, progress=progress)
+
+
+def refresh_data(snapshot: Snapshot, labels: Any, ids: Any, device: torch.device) -> RefreshData:
+    """The items a refresh learns from, checked (see :meth:`GenerativeIndex.refresh`)."""
+    stored = snapshot.vectors.ids
     if labels is None:
         if ids is not None:
             raise ValueError("ids names the items that labels label: pass labels too")
-        ids = state.vectors.ids
-        y = None
+        ids, y = stored, None
     else:
-        ids = state.vectors.ids if ids is None else checks.as_ids(ids)
-        y = checks.as_labels(labels, len(ids), min_classes=1, per="id of ids")
-        present = np.isin(ids, state.vectors.ids)
+        ids = stored if ids is None else checks.as_ids(ids)
+        y = torch.from_numpy(checks.as_labels(labels, len(ids), min_classes=1,
+                                              per="id of ids")).to(device)
+        present = np.isin(ids, stored)
         if not present.all():
             raise ValueError(f"ids: not in the index: {ids[~present][:10].tolist()}")
-        unlabelled = np.setdiff1d(state.fresh, ids)
+        unlabelled = np.setdiff1d(snapshot.fresh, ids)
         if len(unlabelled):
             raise ValueError("labels must cover every fresh item (see fresh_ids); "
                              f"missing ids {unlabelled[:10].tolist()}")
     order = np.argsort(ids, kind="stable")
-    fresh = np.sort(order[rows_of(ids[order], state.fresh)])
-    x = torch.from_numpy(state.vectors.get(ids)).to(device)
-    codes = torch.from_numpy(codes_of(state.trie, ids).astype(np.int64)).to(device)
-    return RefreshData(x, codes, fresh.astype(np.int64), y, state.trie)
-
+    fresh_rows = np.sort(order[np.searchsorted(ids[order], snapshot.fresh)])
+    x = torch.from_numpy(snapshot.vectors.get(ids)).to(device)
+    codes = torch.from_numpy(snapshot.trie.codes_of(ids).astype(np.int64)).to(device)
+    return RefreshData(x, codes, fresh_rows.astype(np.int64), y, snapshot.trie)
 
 
 def default_steps(fresh: int, replay: float, batch_size: int) -> int:
@@ -91,87 +111,37 @@ def default_steps(fresh: int, replay: float, batch_size: int) -> int:
 
 
 def refresh_decoder(decoder: Decoder, data: RefreshData, config: IndexConfig, *, steps: int,
-                    replay: float, seed: int, progress: bool = False
+                    replay: float, refreshes: int, progress: bool = False
                     ) -> tuple[Decoder, RefreshHistory]:
-    """A fine-tuned copy of ``decoder`` (the original is left alone) and what it did."""
+    """A fine-tuned copy of ``decoder`` (the original is left alone) and what it did.
+
+    Every pass shows each fresh item once and ``replay`` times as many old ones,
+    drawn anew, as targets, each with an input drawn from its partners.
+    ``refreshes``: how many refreshes the index had before, so each draws anew.
+    """
     dc = config.decoder
+    seed = config.seed + 7919 * (refreshes + 1)
     generator = torch.Generator().manual_seed(seed)
-    partners = _Partners(data, dc.neighbors)
-    old = np.setdiff1d(np.arange(len(data.x)), data.fresh)
-    num_replay = min(len(old), round(replay * len(data.fresh)))
-    per_pass = len(data.fresh) + num_replay
+    partners = Partners(data.x, data.labels, dc.neighbors)
+    fresh = torch.from_numpy(data.fresh_rows)
+    old = torch.from_numpy(np.setdiff1d(np.arange(len(data.x)), data.fresh_rows))
+    num_replay = min(len(old), round(replay * len(fresh)))
+    per_pass = len(fresh) + num_replay
     batch_size = min(dc.batch_size, per_pass)
+
+    def passes() -> Iterator[Iterator[torch.Tensor]]:
+        while True:
+            replayed = old[torch.randperm(len(old), generator=generator)[:num_replay]]
+            targets = torch.cat([fresh, replayed])[torch.randperm(per_pass, generator=generator)]
+            yield (torch.stack([partners.sample(generator, batch).cpu(), batch], dim=1)
+                   for batch in targets.split(batch_size))
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = copy.deepcopy(decoder).requires_grad_(True)
-        allowed = data.trie.allowed if dc.constrained_loss else lambda targets: None
-        optimizer, schedule = make_optimizer(model, dc.lr * LR_SCALE, config, steps * batch_size,
-                                             batch_size, 1, 0)
-        history = RefreshHistory(items=len(data.fresh), steps=steps)
-        bar = tqdm(total=steps, desc="refresh decoder", unit="step", disable=not progress,
-                   leave=False)
-        fresh = torch.from_numpy(data.fresh)
-        done = 0
-        while done < steps:
-            replayed = torch.from_numpy(old)[torch.randperm(len(old), generator=generator)
-                                             [:num_replay]]
-            targets = torch.cat([fresh, replayed])[torch.randperm(per_pass, generator=generator)]
-            losses = []
-            for batch in targets.split(batch_size)[:steps - done]:
-                model.train()
-                inputs = partners.sample(batch, generator)
-                target = data.codes[batch.to(data.codes.device)]
-                with autocast(data.x.device):
-                    _, loss = model(data.x[inputs.to(data.x.device)], target[:, :-1], target,
-                                    allowed(target))
-                losses.append(step(loss, optimizer, schedule))
-            done += len(losses)
-            bar.update(len(losses))
-            history.loss.append(sum(losses) / len(losses))
-        bar.close()
-    model.eval().requires_grad_(False)
-    return model, history
-
-
-class _Partners:
-    """For each target row, the row whose input should produce its identifier."""
-
-    def __init__(self, data: RefreshData, neighbors: int) -> None:
-        n = len(data.x)
-        self.x, self.k = data.x, min(neighbors, max(n - 1, 1))
-        self.labelled = data.labels is not None
-        if self.labelled:
-            labels = torch.from_numpy(data.labels)
-            self.order = torch.argsort(labels, stable=True)
-            counts = torch.bincount(labels)
-            self.start = (counts.cumsum(0) - counts)[labels]
-            self.count = counts[labels]
-            rank = torch.empty_like(self.order)
-            rank[self.order] = torch.arange(n)
-            self.position = rank - self.start  # place of each row inside its class
-
-    def sample(self, targets: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        if not self.labelled:  # neighbours of just these rows: linear in the items
-            knn = _nearest_neighbors(self.x, targets.to(self.x.device), self.k).cpu()
-            pick = torch.randint(knn.shape[1], (len(targets),), generator=generator)
-            return knn[torch.arange(len(targets)), pick]
-        count = self.count[targets]
-        r = (torch.rand(len(targets), generator=generator) * (count - 1).clamp(min=1)).long()
-        r = r + ((r >= self.position[targets]) & (count > 1)).long()  # never the item itself
-        return self.order[self.start[targets] + r]
-
-
-def _nearest_neighbors(x: torch.Tensor, rows: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices (len(rows), k) of the k nearest other rows of ``x`` to each of ``rows``."""
-    if len(x) == 1:
-        return torch.zeros(len(rows), 1, dtype=torch.long, device=x.device)
-    norms = (x * x).sum(1)
-    block_rows = max(1, _DISTANCE_BLOCK // len(x))
-    out = []
-    for start in range(0, len(rows), block_rows):
-        chunk = rows[start:start + block_rows]
-        block = x[chunk]
-        d = (block * block).sum(1, keepdim=True) - 2 * block @ x.T + norms
-        d[torch.arange(len(chunk)), chunk] = float("inf")
-        out.append(d.topk(k, dim=1, largest=False).indices)
-    return torch.cat(out)
+        loss = train_loop(model, decoder_loss(data.x, data.codes,
+                                              data.trie if dc.constrained_loss else None),
+                          passes(), Plan(dc.lr * LR_SCALE, steps, 0), config,
+                          "refresh decoder", progress)
+    model.requires_grad_(False)
+    return model, RefreshHistory(items=len(fresh), steps=steps, loss=loss)

@@ -66,8 +66,8 @@ class ResidualQuantizer(nn.Module):
                 self.codebooks[m:] = 0
                 return
             self.codebooks[m] = kmeans(residual, self.codebook_size, iters, generator)
-            labels, _ = assign(residual, self.codebooks[m])
-            residual = residual - self.codebooks[m][labels]
+            codes, _ = assign(residual, self.codebooks[m])
+            residual = residual - self.codebooks[m][codes]
 
     @torch.no_grad()
     def encode(self, f: torch.Tensor) -> torch.Tensor:
@@ -76,20 +76,20 @@ class ResidualQuantizer(nn.Module):
         for start in range(0, len(f), chunk_size(f)):
             residual = f[start:start + chunk_size(f)].detach().float()
             for m in range(self.num_codebooks):
-                labels, _ = assign(residual, self.codebooks[m])
-                codes[start:start + len(labels), m] = labels
-                residual = residual - self.codebooks[m][labels]
+                level, _ = assign(residual, self.codebooks[m])
+                codes[start:start + len(level), m] = level
+                residual = residual - self.codebooks[m][level]
         return codes
 
     def partial(self, codes: torch.Tensor) -> torch.Tensor:
         """Partial reconstructions f^<=m for m = 1..M, shape (n, M, D)."""
-        levels = torch.arange(self.num_codebooks, device=codes.device)
-        return self.codebooks[levels, codes].cumsum(dim=1)
+        m = torch.arange(self.num_codebooks, device=codes.device)
+        return self.codebooks[m, codes].cumsum(dim=1)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """The reconstruction sum_m c_{m, l_m}, shape (n, D)."""
-        levels = torch.arange(self.num_codebooks, device=codes.device)
-        return self.codebooks[levels, codes].sum(dim=1)
+        m = torch.arange(self.num_codebooks, device=codes.device)
+        return self.codebooks[m, codes].sum(dim=1)
 
 
 class CosineClassifier(nn.Module):
@@ -152,23 +152,38 @@ class SemanticTokenizer(nn.Module):
     def supervised(self) -> bool:
         return self.classifier is not None
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """The global feature (n, input_dim) the head reads: ``x``, or the encoder's."""
+    def global_feature(self, x: torch.Tensor) -> torch.Tensor:
+        """The global feature (B, input_dim) the head reads: ``x``, or the encoder's."""
         return x if self.encoder is None else self.encoder(x).global_feature.float()
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """f_cls for a batch of inputs: features (n, input_dim), or pixels with an encoder."""
-        f = self.head(self.embed(x))
-        return f if self.classifier is None else F.normalize(f, dim=-1)
+        return self._f_cls(self.global_feature(x))
+
+    @torch.no_grad()
+    def feature_vectors(self, x: torch.Tensor) -> torch.Tensor:
+        """The global features (n, input_dim) of all inputs ``x``, as an index stores them."""
+        if self.encoder is None:
+            return x
+        return torch.cat([self.global_feature(chunk) for chunk in x.split(chunk_size(x))])
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """(n, M) int64 codes of the inputs ``x``."""
-        if not len(x):
+        """(n, M) int64 codes of the inputs ``x`` (features, or pixels with an encoder)."""
+        return self.encode_vectors(self.feature_vectors(x))
+
+    @torch.no_grad()
+    def encode_vectors(self, v: torch.Tensor) -> torch.Tensor:
+        """(n, M) int64 codes of global feature vectors ``v`` (n, input_dim)."""
+        if not len(v):
             return torch.zeros(0, self.quantizer.num_codebooks, dtype=torch.long,
-                               device=x.device)
-        return torch.cat([self._encode_features(self.features(chunk))
-                          for chunk in x.split(chunk_size(x))])
+                               device=v.device)
+        return torch.cat([self._encode_features(self._f_cls(chunk))
+                          for chunk in v.split(chunk_size(v))])
+
+    def _f_cls(self, v: torch.Tensor) -> torch.Tensor:
+        f = self.head(v)
+        return f if self.classifier is None else F.normalize(f, dim=-1)
 
     def _encode_features(self, f: torch.Tensor) -> torch.Tensor:
         if self.class_codes is None:
@@ -203,11 +218,11 @@ class SemanticTokenizer(nn.Module):
         # straight-through: the value of f^<=m, the gradient of f (paper 3.1)
         straight = f[:, None] + (partial - f[:, None]).detach()
         loss = self.classifier.loss(f, labels)
-        levels = partial.shape[1]
+        m = partial.shape[1]
         partial_ce = self.classifier.loss(straight.reshape(-1, straight.shape[-1]),
-                                          labels.repeat_interleave(levels))
+                                          labels.repeat_interleave(m))
         commitment = (f[:, None] - partial).square().sum(dim=2).mean(dim=0).sum()
-        return loss + lambda1 * levels * partial_ce + lambda2 * commitment
+        return loss + lambda1 * m * partial_ce + lambda2 * commitment
 
 
 def _head(input_dim: int, dim: int, kind: str) -> nn.Module:

@@ -38,12 +38,12 @@ import torch
 DENSE_TABLE_LIMIT = 1 << 18
 
 
-def code_dtype(vocab_size: int) -> np.dtype:
-    """The narrowest unsigned integer dtype that holds codes below ``vocab_size``."""
+def code_dtype(codebook_size: int) -> np.dtype:
+    """The narrowest unsigned integer dtype that holds codes below ``codebook_size``."""
     for dtype in (np.uint8, np.uint16, np.uint32):
-        if vocab_size <= np.iinfo(dtype).max + 1:
+        if codebook_size <= np.iinfo(dtype).max + 1:
             return np.dtype(dtype)
-    raise ValueError(f"vocab_size={vocab_size} is too large")
+    raise ValueError(f"codebook_size={codebook_size} is too large")
 
 
 def offset_dtype(n: int) -> np.dtype:
@@ -54,7 +54,7 @@ def offset_dtype(n: int) -> np.dtype:
 class Trie:
     """Prefix tree of M-code identifiers whose leaves hold lists of item ids."""
 
-    def __init__(self, codes: np.ndarray, ids: np.ndarray, vocab_size: int) -> None:
+    def __init__(self, codes: np.ndarray, ids: np.ndarray, codebook_size: int) -> None:
         """Build from ``codes`` (n, M) and unique ``ids`` (n,). See :meth:`empty`."""
         codes = np.asarray(codes)
         ids = np.asarray(ids)
@@ -62,27 +62,27 @@ class Trie:
             raise ValueError(f"codes must have shape (n, M) with M >= 1, got {codes.shape}")
         if ids.shape != (codes.shape[0],):
             raise ValueError(f"ids must have shape ({codes.shape[0]},), got {ids.shape}")
-        if codes.size and (codes.min() < 0 or codes.max() >= vocab_size):
-            raise ValueError(f"codes must lie in [0, {vocab_size})")
+        if codes.size and (codes.min() < 0 or codes.max() >= codebook_size):
+            raise ValueError(f"codes must lie in [0, {codebook_size})")
         ids = ids.astype(np.int64, copy=False)
-        order = _sort_order(codes, ids, vocab_size)
+        order = _sort_order(codes, ids, codebook_size)
         ids = ids[order]
         if ids.size > 1 and _has_duplicates(ids):
             raise ValueError("ids must be unique")
-        self.vocab_size = int(vocab_size)
-        self.codes = np.ascontiguousarray(codes[order], dtype=code_dtype(vocab_size))
+        self.codebook_size = int(codebook_size)
+        self.codes = np.ascontiguousarray(codes[order], dtype=code_dtype(codebook_size))
         self.ids = np.ascontiguousarray(ids)
         self._build_levels()
         self._tables: dict[torch.device, _DeviceTables] = {}
         self._tables_lock = threading.Lock()
 
     @classmethod
-    def empty(cls, num_levels: int, vocab_size: int) -> Trie:
-        return cls(np.zeros((0, num_levels), np.int64), np.zeros(0, np.int64), vocab_size)
+    def empty(cls, num_codebooks: int, codebook_size: int) -> Trie:
+        return cls(np.zeros((0, num_codebooks), np.int64), np.zeros(0, np.int64), codebook_size)
 
     # ------------------------------------------------------------------ shape
     @property
-    def num_levels(self) -> int:
+    def num_codebooks(self) -> int:
         return self.codes.shape[1]
 
     @property
@@ -94,29 +94,29 @@ class Trie:
 
     def num_nodes(self, depth: int) -> int:
         """Number of distinct prefixes of length ``depth`` (1 root at depth 0)."""
-        return len(self.child_ptr[depth]) - 1 if depth < self.num_levels else self.num_leaves
+        return len(self.child_ptr[depth]) - 1 if depth < self.num_codebooks else self.num_leaves
 
     # ---------------------------------------------------------------- updates
     def insert(self, codes: np.ndarray, ids: np.ndarray) -> Trie:
         """A new trie holding these items too. ``ids`` must all be new."""
         ids, codes = np.asarray(ids, dtype=np.int64), np.asarray(codes)
-        if codes.shape != (len(ids), self.num_levels) or codes.dtype.kind not in "iu":
-            raise ValueError(f"codes must be integers of shape ({len(ids)}, {self.num_levels}), "
-                             f"got {codes.dtype} {codes.shape}")
-        if codes.size and (codes.min() < 0 or codes.max() >= self.vocab_size):
-            raise ValueError(f"codes must lie in [0, {self.vocab_size})")
+        if codes.shape != (len(ids), self.num_codebooks) or codes.dtype.kind not in "iu":
+            raise ValueError(f"codes must be integers of shape ({len(ids)}, "
+                             f"{self.num_codebooks}), got {codes.dtype} {codes.shape}")
+        if codes.size and (codes.min() < 0 or codes.max() >= self.codebook_size):
+            raise ValueError(f"codes must lie in [0, {self.codebook_size})")
         present = self.contains(ids)
         if present.any():
             raise ValueError(f"ids already present: {ids[present][:10].tolist()}")
         return Trie(np.concatenate([self.codes, codes.astype(self.codes.dtype)]),
-                    np.concatenate([self.ids, ids]), self.vocab_size)
+                    np.concatenate([self.ids, ids]), self.codebook_size)
 
     def remove(self, ids: np.ndarray) -> Trie:
         """A new trie without the given ids; ids not present are ignored."""
         keep = ~np.isin(self.ids, np.asarray(ids, dtype=np.int64))
         if keep.all():
             return self
-        return Trie(self.codes[keep], self.ids[keep], self.vocab_size)
+        return Trie(self.codes[keep], self.ids[keep], self.codebook_size)
 
     def contains(self, ids: np.ndarray) -> np.ndarray:
         """Boolean mask: which of ``ids`` are in the trie."""
@@ -137,14 +137,14 @@ class Trie:
             out = dense[flat]  # row -1 is the table's last row: no children
         else:
             out = _csr_children(tables.child_ptr[depth], tables.child_code[depth + 1],
-                                flat, self.vocab_size)
-        return out.reshape(*nodes.shape, self.vocab_size)
+                                flat, self.codebook_size)
+        return out.reshape(*nodes.shape, self.codebook_size)
 
     def leaf_range(self, depth: int, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(first, count)`` (int64): the leaves under each depth-``depth`` node."""
         tables = self.tables(nodes.device)
         first, end = nodes, nodes + 1
-        for level in range(depth, self.num_levels):
+        for level in range(depth, self.num_codebooks):
             ptr = tables.child_ptr[level]
             first, end = ptr[first], ptr[end]
         return first.long(), (end - first).long()
@@ -155,11 +155,17 @@ class Trie:
         start = tables.leaf_ptr[leaves].long()
         return start, tables.leaf_ptr[leaves + 1].long() - start
 
+    def codes_of(self, ids: np.ndarray) -> np.ndarray:
+        """The identifiers (n, M) of ``ids`` (all present)."""
+        order = np.argsort(self.ids, kind="stable")
+        return self.codes[order[np.searchsorted(self.ids[order], ids)]]
+
     def lookup(self, codes: np.ndarray) -> np.ndarray:
         """Leaf index of each identifier in ``codes`` (n, M), ``-1`` if absent."""
-        codes = torch.as_tensor(np.asarray(codes, dtype=np.int64).reshape(-1, self.num_levels))
+        codes = np.asarray(codes, dtype=np.int64).reshape(-1, self.num_codebooks)
+        codes = torch.as_tensor(codes)
         nodes = torch.zeros(len(codes), dtype=torch.long)
-        for depth in range(self.num_levels):
+        for depth in range(self.num_codebooks):
             _, nodes = self._descend(depth, nodes, codes[:, depth])
         return nodes.numpy()
 
@@ -172,7 +178,7 @@ class Trie:
         """
         nodes = torch.zeros(len(codes), dtype=torch.long, device=codes.device)
         masks = []
-        for depth in range(self.num_levels):
+        for depth in range(self.num_codebooks):
             child, nodes = self._descend(depth, nodes, codes[:, depth])
             masks.append(child >= 0)
         if (nodes < 0).any():
@@ -185,8 +191,8 @@ class Trie:
         children (n, L) and the node each code leads to (-1: none, or a code outside
         [0, L))."""
         child = self.children(depth, nodes)
-        step = child.gather(1, code.clamp(0, self.vocab_size - 1)[:, None])[:, 0].long()
-        return child, torch.where((code >= 0) & (code < self.vocab_size), step, -1)
+        step = child.gather(1, code.clamp(0, self.codebook_size - 1)[:, None])[:, 0].long()
+        return child, torch.where((code >= 0) & (code < self.codebook_size), step, -1)
 
     def tables(self, device: torch.device | str) -> _DeviceTables:
         """The lookup arrays as tensors on ``device``, built once and cached."""
@@ -206,22 +212,22 @@ class Trie:
     # ---------------------------------------------------------------- private
     def _build_levels(self) -> None:
         """Derive the per-depth node arrays from the sorted code table."""
-        n, num_levels = self.codes.shape
+        n, m = self.codes.shape
         offsets, codes = offset_dtype(n + 1), self.codes
-        # first column at which row i differs from row i - 1 (num_levels: same ID)
-        first_diff = np.full(max(n - 1, 0), num_levels, np.int8 if num_levels < 127 else np.int64)
-        for depth in range(num_levels - 1, -1, -1):
+        # first column at which row i differs from row i - 1 (m: the same identifier)
+        first_diff = np.full(max(n - 1, 0), m, np.int8 if m < 127 else np.int64)
+        for depth in range(m - 1, -1, -1):
             first_diff[codes[1:, depth] != codes[:-1, depth]] = depth
         # child_code[m][j]: last code of depth-m node j; child_ptr[m]: CSR of its children
         self.child_code: list[np.ndarray] = [np.zeros(min(n, 1), codes.dtype)]
         self.child_ptr: list[np.ndarray] = []
         if not n:  # the root alone, without children
-            self.child_ptr = [np.zeros(1 + (depth == 0), offsets) for depth in range(num_levels)]
-            self.child_code += [np.zeros(0, codes.dtype) for _ in range(num_levels)]
+            self.child_ptr = [np.zeros(1 + (depth == 0), offsets) for depth in range(m)]
+            self.child_code += [np.zeros(0, codes.dtype) for _ in range(m)]
             self.leaf_ptr = np.zeros(1, offsets)
             return
         starts = np.zeros(1, np.int64)  # first row of each node of the current depth
-        for depth in range(1, num_levels + 1):
+        for depth in range(1, m + 1):
             is_new = np.ones(n, bool)
             is_new[1:] = first_diff < depth
             new_starts = np.flatnonzero(is_new)
@@ -244,7 +250,7 @@ class _DeviceTables:
                 array = array.copy()
             return torch.from_numpy(np.ascontiguousarray(array)).to(device)
 
-        vocab = trie.vocab_size
+        size = trie.codebook_size  # L
         self.ids = tensor(trie.ids)
         self.leaf_ptr = tensor(trie.leaf_ptr)
         self.child_ptr = [tensor(p) for p in trie.child_ptr]
@@ -252,13 +258,13 @@ class _DeviceTables:
         self.dense: list[torch.Tensor | None] = []
         for depth, ptr in enumerate(trie.child_ptr):
             num_parents = len(ptr) - 1
-            if num_parents * vocab > DENSE_TABLE_LIMIT:
+            if num_parents * size > DENSE_TABLE_LIMIT:
                 self.dense.append(None)
                 continue
             # one row per node, and a last row of -1 that node -1 (no node) reads
             parents = torch.arange(-1, num_parents, device=device).roll(-1)
             self.dense.append(_csr_children(self.child_ptr[depth], self.child_code[depth + 1],
-                                            parents, vocab))
+                                            parents, size))
         self.extra_bytes = sum(t.numel() * t.element_size() for t in self.dense if t is not None)
         if device.type != "cpu":
             self.extra_bytes += sum(t.numel() * t.element_size() for t in
@@ -266,10 +272,10 @@ class _DeviceTables:
 
 
 def _csr_children(ptr: torch.Tensor, child_code: torch.Tensor, nodes: torch.Tensor,
-                  vocab: int) -> torch.Tensor:
-    """Scatter each node's run of children into a dense (len(nodes), vocab) row; node -1
+                  size: int) -> torch.Tensor:
+    """Scatter each node's run of children into a dense (len(nodes), size) row; node -1
     has none. Child indices have ``ptr``'s dtype (int32 below 2**31 nodes)."""
-    out = torch.full((len(nodes), vocab), -1, dtype=ptr.dtype, device=nodes.device)
+    out = torch.full((len(nodes), size), -1, dtype=ptr.dtype, device=nodes.device)
     if len(ptr) < 2:  # no nodes at this depth
         return out
     start = ptr[nodes].long()
@@ -284,9 +290,9 @@ def _csr_children(ptr: torch.Tensor, child_code: torch.Tensor, nodes: torch.Tens
     return out
 
 
-def _sort_order(codes: np.ndarray, ids: np.ndarray, vocab_size: int) -> np.ndarray:
+def _sort_order(codes: np.ndarray, ids: np.ndarray, codebook_size: int) -> np.ndarray:
     """Row order by code, then id: one packed key when the codes fit in 63 bits."""
-    bits = max(int(vocab_size - 1).bit_length(), 1)
+    bits = max(int(codebook_size - 1).bit_length(), 1)
     if codes.shape[1] * bits > 63 or not len(codes):
         return np.lexsort((ids, *codes.T[::-1]))
     key = np.zeros(len(codes), np.int64)

@@ -112,16 +112,13 @@ def test_recall_against_exact_search(built, name, metric):
 
 
 @contextlib.contextmanager
-def query_settings(method, **settings):
-    """Query parameters changed for one search, restored afterwards."""
-    saved = {key: getattr(method, key) for key in settings}
-    for key, value in settings.items():
-        setattr(method, key, value)
+def query_arguments(method, **arguments):
+    """Query parameters set for one search (no refit), back to their defaults afterwards."""
+    method.set_query_arguments(**arguments)
     try:
         yield method
     finally:
-        for key, value in saved.items():
-            setattr(method, key, value)
+        method.set_query_arguments()
 
 
 @BOTH
@@ -129,7 +126,7 @@ def test_ivfpq_probing_every_list_is_exact_search_over_its_codes(built, metric):
     """With every list probed, IVF-PQ ranks by the distance to each item's decoded
     vector: brute force over the decoded vectors is the reference."""
     method = built("ivfpq", metric)
-    with query_settings(method, nprobe=method.nlist_used):
+    with query_arguments(method, nprobe=method.nlist_used):
         ids = method.search(QUERIES, K)
     method.index.make_direct_map()
     decoded = method.index.reconstruct_n(0, N).astype(np.float64)
@@ -147,7 +144,7 @@ def test_exhaustive_query_settings_find_the_exact_neighbours(built, name, metric
     method = built(name, metric)
     everything = ({"leaves_to_search": method.leaves_used, "reorder": N} if name == "scann"
                   else {"complexity": 200})
-    with query_settings(method, **everything):
+    with query_arguments(method, **everything):
         ids = method.search(QUERIES, K)
     assert recall(ids, exact(DB, QUERIES, metric, K)) >= 0.999
 

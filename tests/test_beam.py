@@ -40,7 +40,7 @@ def test_wide_beam_equals_exhaustive_scoring(levels, vocab, n, seed):
     codes = rng.integers(0, vocab, (n, levels))
     trie = Trie(codes, np.arange(n), vocab)
     torch.manual_seed(seed)
-    decoder = Decoder(CONFIG, vocab, levels, memory=4).eval()
+    decoder = Decoder.for_vectors(CONFIG, vocab, levels, 4).eval()
     x = torch.randn(3, 4)
     with torch.no_grad():
         ids, scores = exhaustive(decoder, x, codes)
@@ -58,7 +58,7 @@ def test_narrow_beam_returns_valid_leaves_in_score_order():
     rng = np.random.default_rng(1)
     codes = rng.integers(0, 6, (200, 3))
     trie = Trie(codes, np.arange(200), 6)
-    decoder = Decoder(CONFIG, 6, 3, memory=4).eval()
+    decoder = Decoder.for_vectors(CONFIG, 6, 3, 4).eval()
     x = torch.randn(5, 4)
     _, scores = exhaustive(decoder, x, codes)
     beams = beam_search(decoder, x, trie, beam_size=4)
@@ -75,8 +75,8 @@ def test_narrow_beam_returns_valid_leaves_in_score_order():
 
 @torch.no_grad()
 def test_fewer_leaves_than_beams_pads_with_minus_one():
-    trie = Trie(np.array([[0, 1], [2, 2]]), np.array([7, 9]), vocab_size=3)
-    decoder = Decoder(CONFIG, 3, 2, memory=4).eval()
+    trie = Trie(np.array([[0, 1], [2, 2]]), np.array([7, 9]), codebook_size=3)
+    decoder = Decoder.for_vectors(CONFIG, 3, 2, 4).eval()
     beams = beam_search(decoder, torch.randn(2, 4), trie, beam_size=5)
     assert (beams.leaves[:, :2] >= 0).all() and (beams.leaves[:, 2:] == -1).all()
     assert torch.isinf(beams.scores[:, 2:]).all()
@@ -95,3 +95,21 @@ def test_top_items_expands_leaves_in_order_and_ranks_by_distance():
     _, ids = top_items(trie, beams, k=2, distance=lambda q, i: torch.tensor(
         [distance[v] for v in i.tolist()]))
     assert ids.tolist() == [[2, 3]]  # the nearest of the best leaf, never the other leaf
+
+
+def test_search_in_bounded_batches_equals_one_batch_and_times_every_part(trained, data,
+                                                                          monkeypatch):
+    """The search pipeline cuts queries into batches of at most BEAMS_IN_FLIGHT beams;
+    the results are those of one batch, and ``timings`` covers every part."""
+    from genindex import beam
+
+    x = data[0][:37]
+    state = trained._state
+    whole = beam.search(state, torch.from_numpy(x), 5, 10)
+    monkeypatch.setattr(beam, "BEAMS_IN_FLIGHT", 30)  # 3 queries a batch
+    timings: dict[str, float] = {}
+    parts = beam.search(state, torch.from_numpy(x), 5, 10, timings=timings)
+    np.testing.assert_array_equal(parts[1], whole[1])
+    np.testing.assert_allclose(parts[0], whole[0], rtol=1e-6)
+    np.testing.assert_array_equal(trained.search(x, 5).ids, whole[1])
+    assert set(timings) == set(beam.TIMED_PARTS) and all(t >= 0 for t in timings.values())

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 
 import numpy as np
 import pytest
 
 from benchmarks import ablations, metrics, run
 from benchmarks.datasets import digits  # noqa: F401  (registers the loader)
+from benchmarks.rows import Result
 
 from .helpers import TINY
 
@@ -34,29 +34,34 @@ def test_runner_writes_every_method_and_its_metrics_match_brute_force(
                      "--config", str(tiny_config), "--beam-sizes", "1,4", "--out", str(out),
                      "--quiet"])
     assert code == 0
-    result = json.loads((out / "results.json").read_text())
+    result = Result.from_json((out / "results.json").read_text())
     # every method on the backbone's features, then the baselines on the FT features
-    assert [(row["method"], row["backbone"]) for row in result["rows"]] == (
+    assert [(row.method, row.backbone) for row in result.rows] == (
         [(m, "tiny-vit") for m in methods] + [(m, "tiny-vit FT") for m in methods[:-1]])
-    for row in result["rows"]:
-        assert set(row["metrics"]) >= {"P@1", "P@3", "R@10", "MRR@8", "MAP@100"}
-        assert all(0.0 <= v <= 1.0 for v in row["metrics"].values())
-        assert row["bytes"] > 0 and row["qps"] > 0 and len(row["pr_curve"]["recall"]) == 100
-    assert [r["beam_size"] for r in result["beam_sweep"]] == [1, 4]
+    for row in result.rows:
+        quality = row.metrics
+        assert (set(quality.precision) >= {1, 3} and 10 in quality.recall
+                and 8 in quality.mrr and 100 in quality.map)
+        assert all(0.0 <= v <= 1.0 for values in (quality.precision, quality.recall,
+                                                  quality.mrr, quality.map)
+                   for v in values.values())
+        assert row.bytes > 0 and row.qps > 0 and len(row.pr_curve.recall) == 100
+    sweep = result.beam_sweep
+    assert [r.beam_size for r in sweep] == [1, 4]
+    assert all(r.qps > 0 and r.decoder_s > 0 and r.trie_s > 0 for r in sweep)
     assert (out / "tables.md").read_text().count("| linear |") >= 3
     assert (out / "precision_at_k.png").is_file() and (out / "beam_sweep.png").is_file()
 
     # linear scan's row is exact L2 search over the same features, here by numpy in
     # float64 (Faiss computes in float32, so near-ties may order differently)
     data = run.datasets.load("digits", limit=4)
-    db, queries = run.features(run.parse_args(["--dataset", "digits", "--quiet"]), data,
-                               tiny_vit)
+    db, queries = run.features(data, tiny_vit, "tiny-vit", progress=False)
     dist = ((queries[:, None].astype(np.float64) - db[None]) ** 2).sum(-1)
     ids = np.argsort(dist, axis=1, kind="stable")[:, :100]
     hits = metrics.relevance(ids, data.db_labels, data.query_labels)
-    linear = result["rows"][0]["metrics"]
-    assert linear["P@3"] == pytest.approx(metrics.precision_at_k(hits, 3), abs=0.02)
-    assert linear["R@10"] == pytest.approx(metrics.recall_at_k(hits, 10), abs=0.02)
+    linear = result.rows[0].metrics
+    assert linear.precision[3] == pytest.approx(metrics.precision_at_k(hits, 3), abs=0.02)
+    assert linear.recall[10] == pytest.approx(metrics.recall_at_k(hits, 10), abs=0.02)
 
 
 def test_runner_refuses_unknown_methods_and_ablations():

@@ -75,8 +75,7 @@ def test_search_prints_what_index_search_returns(built, files, capsys):
     expected = GenerativeIndex.load(built, device="cpu").search(np.load(files["q"]), 3)
     np.testing.assert_array_equal(result["ids"], expected.ids)
     np.testing.assert_allclose(result["scores"], expected.scores, rtol=1e-6)
-    code, table, _ = run(["search", built, "--vectors", files["q"], "-k", 2, "-q",
-                          "--batch-size", 7], capsys)
+    code, table, _ = run(["search", built, "--vectors", files["q"], "-k", 2, "-q"], capsys)
     rows = [line.split() for line in table.splitlines()[1:]]
     assert code == 0 and len(rows) == 2 * len(expected.ids)
     assert [int(r[2]) for r in rows[:2]] == expected.ids[0, :2].tolist()

@@ -14,7 +14,8 @@ CONFIG = DecoderConfig(n_layer=2, n_head=2, n_embd=16, n_memory=3, dropout=0.0)
 
 def make_decoder(vocab=7, levels=4, d=5, seed=0) -> Decoder:
     torch.manual_seed(seed)
-    return Decoder(CONFIG, vocab_size=vocab, num_levels=levels, memory=d).eval()
+    return Decoder.for_vectors(CONFIG, codebook_size=vocab, num_codebooks=levels,
+                               input_dim=d).eval()
 
 
 def test_forward_shapes_and_loss():
@@ -37,7 +38,7 @@ def test_forward_shapes_and_loss():
 def test_without_label_smoothing_the_loss_is_the_plain_cross_entropy():
     torch.manual_seed(0)
     config = DecoderConfig(n_layer=2, n_head=2, n_embd=16, dropout=0.0, label_smoothing=0.0)
-    decoder = Decoder(config, vocab_size=7, num_levels=4, memory=5).eval()
+    decoder = Decoder.for_vectors(config, codebook_size=7, num_codebooks=4, input_dim=5).eval()
     x, codes = torch.randn(6, 5), torch.randint(0, 7, (6, 4))
     logits, loss = decoder(x, codes[:, :-1], codes)
     expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 7), codes.reshape(-1))

@@ -37,13 +37,13 @@ def test_shards_cover_the_batch_and_weights_restore_its_mean(n, world, seed):
     batch = torch.from_numpy(rng.permutation(100)[:n])
     losses = torch.from_numpy(rng.standard_normal(100))
     shards = [distributed.shard_of(batch, r, world) for r in range(world)]
-    covered = torch.cat([s.index for s in shards])
-    assert all(len(s.index) >= 1 for s in shards)  # every rank steps
+    covered = torch.cat([s.rows for s in shards])
+    assert all(len(s.rows) >= 1 for s in shards)  # every rank steps
     assert set(covered.tolist()) == set(batch.tolist())
     if n >= world:  # no padding: the slices are the batch, in order
         assert covered.tolist() == batch.tolist()
     # DDP averages the ranks' gradients: the weighted means average to the global mean
-    ddp = sum(s.weight * losses[s.index].mean() for s in shards) / world
+    ddp = sum(s.weight * losses[s.rows].mean() for s in shards) / world
     assert float(ddp) == pytest.approx(float(losses[covered].mean()), abs=1e-12)
 
 
@@ -56,7 +56,7 @@ def test_one_process_is_left_alone(monkeypatch):
     assert distributed.mean(2.5, torch.device("cpu")) == 2.5
     assert distributed.is_main() and distributed.world_size() == 1
     batch = torch.arange(5)
-    assert distributed.shard(batch).index is batch and distributed.shard(batch).weight == 1.0
+    assert distributed.shard(batch).rows is batch and distributed.shard(batch).weight == 1.0
 
 
 def test_a_half_configured_launch_is_refused(monkeypatch):

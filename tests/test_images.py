@@ -103,7 +103,7 @@ def test_frozen_backbone_index_saves_loads_and_searches_with_images(tiny_vit, im
     D, I = index.search(queries, 5)
     assert I.shape == (len(queries), 5) and (I >= 0).all()
     index.save(tmp_path / "ix")
-    loaded = GenerativeIndex.load(tmp_path / "ix", cache_dir=False)
+    loaded = GenerativeIndex.load(tmp_path / "ix", cache=False)
     assert loaded.backbone.spec() == tiny_vit.spec()
     D2, I2 = loaded.search([Image.open(p) for p in queries], 5)  # PIL this time
     np.testing.assert_array_equal(I, I2)

@@ -253,7 +253,7 @@ def test_search_output_invariants(trained, data, k, beam, removed, rows):
 
 
 def test_small_data_sets_train_for_at_least_min_steps():
-    from genindex.train import num_epochs
+    from genindex.loop import num_epochs
 
     assert num_epochs(40, 1200, n=4000, batch_size=128) == 40  # 32 steps an epoch
     assert num_epochs(40, 1200, n=300, batch_size=128) == 400  # 3 steps an epoch
@@ -292,3 +292,31 @@ def test_constrained_loss_index_learns_and_survives_save_load(data, tmp_path):
     np.testing.assert_array_equal(a.scores, b.scores)
     # the items found first are of the query's class, as a linear scan finds them
     assert (labels[a.ids[:, 0]] == labels).mean() >= 0.9
+
+
+def test_paper_presets_come_from_one_table_and_the_benchmark_file_equals_them():
+    import json
+    from pathlib import Path
+
+    from genindex.cli_inputs import read_config
+    from genindex.config import PAPER, PRESETS, DecoderConfig, TokenizerConfig
+
+    saved = Path(__file__).resolve().parent.parent / "benchmarks" / "configs" / "paper.json"
+    paper = IndexConfig.paper()
+    assert json.loads(saved.read_text()) == json.loads(paper.to_json())
+    assert IndexConfig.from_json(saved.read_text()) == paper
+    # appendix A, from the one table
+    assert (paper.tokenizer.batch_size, paper.tokenizer.epochs, paper.tokenizer.lr) == (
+        128, 200, 5e-4)
+    assert (paper.decoder.n_layer, paper.decoder.n_embd, paper.decoder.lr) == (12, 768, 4e-5)
+    assert paper.end_to_end and paper.backbone_lr_scale == 0.01
+    assert paper.tokenizer == TokenizerConfig.paper() == TokenizerConfig(**PAPER["tokenizer"])
+    assert paper.decoder == DecoderConfig.paper()
+    assert IndexConfig.paper(large=True).decoder == DecoderConfig.paper_large()
+    assert DecoderConfig.paper_large().n_layer == 24
+    # the command line's presets are the same objects' values
+    for name in PRESETS:
+        assert read_config(name) == IndexConfig.preset(name)
+    assert IndexConfig.preset("default") == IndexConfig()
+    with pytest.raises(ValueError, match="unknown preset"):
+        IndexConfig.preset("paper-xl")

@@ -37,7 +37,7 @@ def brute_children(codes: np.ndarray) -> dict[tuple, set]:
 def walk(trie: Trie) -> dict[tuple, set]:
     """Every prefix reachable through Trie.children -> its allowed codes."""
     out, frontier = {}, {(): 0}
-    for depth in range(trie.num_levels):
+    for depth in range(trie.num_codebooks):
         prefixes = list(frontier)
         if not prefixes:
             break
@@ -116,19 +116,19 @@ def test_allowed_codes_along_each_identifier_match_brute_force(case):
 
 
 def test_allowed_refuses_an_absent_identifier():
-    trie = Trie(np.array([[0, 1], [0, 2]]), np.array([5, 6]), vocab_size=4)
+    trie = Trie(np.array([[0, 1], [0, 2]]), np.array([5, 6]), codebook_size=4)
     with pytest.raises(ValueError, match="not in the trie"):
         trie.allowed(torch.tensor([[0, 1], [0, 3]]))
 
 
 def test_lookup_of_absent_identifier_is_minus_one():
-    trie = Trie(np.array([[0, 1], [0, 2], [3, 1]]), np.array([5, 6, 7]), vocab_size=4)
+    trie = Trie(np.array([[0, 1], [0, 2], [3, 1]]), np.array([5, 6, 7]), codebook_size=4)
     assert trie.lookup(np.array([[0, 1], [0, 3], [1, 1], [3, 1]])).tolist()[1:3] == [-1, -1]
     assert (trie.lookup(np.array([[0, 1], [3, 1]])) >= 0).all()
 
 
 def test_colliding_identifiers_share_a_leaf():
-    trie = Trie(np.array([[1, 1], [1, 1], [0, 2]]), np.array([10, 11, 12]), vocab_size=3)
+    trie = Trie(np.array([[1, 1], [1, 1], [0, 2]]), np.array([10, 11, 12]), codebook_size=3)
     assert trie.num_leaves == 2
     start, count = trie.leaf_items(torch.as_tensor(trie.lookup(np.array([[1, 1]]))))
     assert count.tolist() == [2]
@@ -136,13 +136,13 @@ def test_colliding_identifiers_share_a_leaf():
 
 
 def test_insert_refuses_present_ids_and_bad_codes():
-    trie = Trie(np.array([[0, 1]]), np.array([3]), vocab_size=2)
+    trie = Trie(np.array([[0, 1]]), np.array([3]), codebook_size=2)
     with pytest.raises(ValueError, match="already present"):
         trie.insert(np.array([[1, 1]]), np.array([3]))
     with pytest.raises(ValueError, match=r"codes must lie in \[0, 2\)"):
         trie.insert(np.array([[1, 2]]), np.array([4]))
     with pytest.raises(ValueError, match="unique"):
-        Trie(np.array([[0, 0], [1, 1]]), np.array([1, 1]), vocab_size=2)
+        Trie(np.array([[0, 0], [1, 1]]), np.array([1, 1]), codebook_size=2)
 
 
 def test_empty_trie_allows_nothing():

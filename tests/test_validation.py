@@ -159,6 +159,10 @@ def test_constructor_arguments_are_checked():
         GenerativeIndex(2.5)
     with pytest.raises(TypeError, match="config must be an IndexConfig, got dict"):
         GenerativeIndex(4, {"seed": 1})
+    with pytest.raises(TypeError, match=r"cache_dir must be a folder path or None.*cache=False"):
+        GenerativeIndex(4, cache_dir=False)  # one type a parameter: cache= turns it off
+    with pytest.raises(TypeError, match="cache must be True or False"):
+        GenerativeIndex(4, cache=None)
     with pytest.raises(ValueError, match="x must have at least 2 items"):
         GenerativeIndex.fit(np.ones((1, 4), np.float32), None, TINY, progress=False)
 
@@ -243,7 +247,7 @@ def test_saving_over_other_files_is_refused_and_touches_nothing(index, tmp_path)
 def test_undecodable_images_are_named_and_change_nothing(tiny_vit, images, tmp_path):
     paths, labels = images
     ix = GenerativeIndex.fit(paths[:30], labels[:30], TINY, backbone=tiny_vit,
-                             cache_dir=False, progress=False)
+                             cache=False, progress=False)
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG not really")
     before = (ix.ntotal, ix.search(paths[30:], 3))

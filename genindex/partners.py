@@ -1,0 +1,77 @@
+"""Training pairs: for an item, the item whose identifier the decoder should write for it.
+
+The decoder is trained on pairs ``(x_1, x_2)`` (paper section 3.2): it reads
+``x_1`` and writes the identifier of ``x_2``. With labels, ``x_2`` is a random
+other item of ``x_1``'s class, as in the paper. Without labels, one of
+``x_1``'s ``neighbors`` nearest neighbours by L2 distance. Training draws a
+partner for every item once per epoch; a refresh draws them for the items of
+each batch (:meth:`Partners.sample` with ``rows``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .kmeans import squared_distances
+
+DISTANCE_BLOCK = 1 << 25  # distances per block in the neighbour search (128 MiB)
+
+
+class Partners:
+    """Draws partners for the rows of ``x`` (n, d): same class, or nearest neighbours."""
+
+    def __init__(self, x: torch.Tensor, labels: torch.Tensor | None, neighbors: int) -> None:
+        self.x, self.device = x, x.device
+        self.k = min(neighbors, max(len(x) - 1, 1))
+        self._knn: torch.Tensor | None = None  # every row's neighbours, once drawn for all
+        self.labelled = labels is not None
+        if labels is None:
+            return
+        labels = labels.to(self.device)
+        self.order = torch.argsort(labels, stable=True)
+        counts = torch.bincount(labels)
+        self.start = (counts.cumsum(0) - counts)[labels]
+        self.count = counts[labels]
+        rank = torch.empty_like(self.order)
+        rank[self.order] = torch.arange(len(self.order), device=self.device)
+        self.position = rank - self.start  # place of each item inside its class
+
+    def sample(self, generator: torch.Generator,
+               rows: torch.Tensor | None = None) -> torch.Tensor:
+        """A partner row (on ``x``'s device) for each of ``rows`` (default: every row)."""
+        if rows is not None:
+            rows = rows.to(self.device)
+        if not self.labelled:
+            knn = self._all_neighbors() if rows is None else nearest_neighbors(self.x, rows,
+                                                                               self.k)
+            pick = torch.randint(knn.shape[1], (len(knn),), generator=generator)
+            return knn[torch.arange(len(knn), device=self.device), pick.to(self.device)]
+        count, start, position = self.count, self.start, self.position
+        if rows is not None:
+            count, start, position = count[rows], start[rows], position[rows]
+        r = (torch.rand(len(count), generator=generator).to(self.device)
+             * (count - 1).clamp(min=1)).long()
+        r = r + ((r >= position) & (count > 1)).long()  # never the item itself, unless alone
+        return self.order[start + r]
+
+    def _all_neighbors(self) -> torch.Tensor:
+        if self._knn is None:
+            self._knn = nearest_neighbors(self.x, torch.arange(len(self.x), device=self.device),
+                                          self.k)
+        return self._knn
+
+
+def nearest_neighbors(x: torch.Tensor, rows: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices (len(rows), k) of the k nearest other rows of ``x`` to each of ``rows``
+    (exact, in blocks of at most :data:`DISTANCE_BLOCK` distances)."""
+    if len(x) == 1:
+        return torch.zeros(len(rows), 1, dtype=torch.long, device=x.device)
+    norms = (x * x).sum(1)
+    block_rows = max(1, DISTANCE_BLOCK // len(x))
+    out = []
+    for start in range(0, len(rows), block_rows):
+        chunk = rows[start:start + block_rows]
+        d = squared_distances(x[chunk], x, norms)
+        d[torch.arange(len(chunk), device=x.device), chunk] = float("inf")
+        out.append(d.topk(k, dim=1, largest=False).indices)
+    return torch.cat(out)

@@ -1,0 +1,170 @@
+"""What a saved index holds, in one place: the seam between an index and its files.
+
+:func:`write_index` turns an index's parts into a manifest body, tensors and
+arrays; :func:`read_index` turns them back, every array checked against the
+others. The bytes on disk (files, checksums, atomic replacement) are
+:mod:`genindex.persist`'s job.
+
+The manifest body: ``d``, ``config`` (the IndexConfig as a dict), ``next_id``,
+``refreshes``, ``num_classes`` and ``codebook_size`` (the L training used),
+``backbone`` (its spec, or null). Tensors: ``tokenizer.*``, ``decoder.*``, and
+``backbone.*`` for a randomly initialised frozen backbone (a pretrained one is
+saved by name, an end-to-end one inside the tokenizer). Arrays: ``ids`` and
+``codes`` (the trie's rows), ``fresh_ids``, and with stored vectors
+``vector_ids`` and ``vectors``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from .backbones import Backbone, get_backbone
+from .config import IndexConfig
+from .persist import IndexFormatError, read_folder, write_folder
+from .snapshot import NO_IDS, Snapshot, with_fresh
+from .store import VectorStore
+from .tokenizer import SemanticTokenizer
+from .train import freeze, new_decoder
+from .trie import Trie
+
+
+class Saved(NamedTuple):
+    """A saved index, read back."""
+
+    d: int
+    config: IndexConfig
+    backbone: Backbone | None
+    snapshot: Snapshot
+    next_id: int
+    refreshes: int
+
+
+def write_index(path: str | os.PathLike, saved: Saved) -> None:
+    """Write ``saved`` to the folder ``path`` (atomically: see :mod:`genindex.persist`)."""
+    snapshot, backbone, config = saved.snapshot, saved.backbone, saved.config
+    tensors = {**{f"tokenizer.{k}": v for k, v in snapshot.tokenizer.state_dict().items()},
+               **{f"decoder.{k}": v for k, v in snapshot.decoder.state_dict().items()}}
+    if backbone is not None and not config.end_to_end and not backbone.pretrained_weights:
+        tensors.update({f"backbone.{k}": v for k, v in backbone.state_dict().items()})
+    arrays = {"ids": snapshot.trie.ids, "codes": snapshot.trie.codes,
+              "fresh_ids": snapshot.fresh}
+    if snapshot.vectors is not None:
+        arrays["vector_ids"], arrays["vectors"] = snapshot.vectors.ids, snapshot.vectors.vectors
+    body = {"d": saved.d, "config": config.to_dict(), "next_id": saved.next_id,
+            "refreshes": saved.refreshes, "num_classes": snapshot.tokenizer.num_classes,
+            "codebook_size": snapshot.tokenizer.quantizer.codebook_size,
+            "backbone": None if backbone is None else backbone.spec()}
+    write_folder(path, body, tensors, arrays)
+
+
+def read_index(path: str | os.PathLike, mmap: bool = False) -> Saved:
+    """The index saved at ``path``; ``mmap`` maps its code table and vectors from disk.
+
+    Raises :class:`IndexFormatError` for anything missing, damaged or inconsistent.
+    """
+    body, tensors, arrays = read_folder(path, mmap=("codes", "vectors") if mmap else ())
+    try:
+        config = IndexConfig.from_dict(body["config"])
+        tokenizer, decoder = _models(body, config, tensors)
+        backbone = _backbone(body.get("backbone"), config, tokenizer, tensors)
+        snapshot, next_id = _snapshot(body, arrays, tokenizer, decoder, config.store_vectors)
+        return Saved(body["d"], config, backbone, snapshot, next_id,
+                     int(body.get("refreshes", 0)))
+    except IndexFormatError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise IndexFormatError(f"{path} does not hold a consistent index: {error}") from None
+
+
+def _models(body: dict[str, Any], config: IndexConfig,
+            tensors: dict[str, torch.Tensor]) -> tuple[SemanticTokenizer, torch.nn.Module]:
+    """The tokenizer and decoder of a saved index, with its weights loaded."""
+    spec = body.get("backbone")
+    encoder = get_backbone(spec, weights=False) if spec is not None and config.end_to_end \
+        else None
+    tokenizer = SemanticTokenizer(body["d"], config.tokenizer, body["num_classes"],
+                                  body["codebook_size"], encoder)
+    decoder = new_decoder(tokenizer, config)
+    for prefix, module in (("tokenizer.", tokenizer), ("decoder.", decoder)):
+        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()
+                                if k.startswith(prefix)}, strict=True)
+        freeze(module)
+    return tokenizer, decoder
+
+
+def _backbone(spec: dict | None, config: IndexConfig, tokenizer: SemanticTokenizer,
+              tensors: dict[str, torch.Tensor]) -> Backbone | None:
+    """The backbone of a saved index: the fine-tuned encoder end to end, else by name."""
+    if spec is None:
+        return None
+    if config.end_to_end:
+        return copy.deepcopy(tokenizer.encoder)
+    weights = {k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")}
+    backbone = get_backbone(spec, weights=not weights)
+    if weights:
+        backbone.load_state_dict(weights, strict=True)
+    return backbone.eval()
+
+
+def _snapshot(body: dict[str, Any], arrays: dict[str, np.ndarray], tokenizer: SemanticTokenizer,
+              decoder: torch.nn.Module, store_vectors: bool) -> tuple[Snapshot, int]:
+    """The snapshot and next id of a saved index, every array checked against the others.
+
+    Memory-mapped ``codes`` and ``vectors`` stay mapped (see :func:`_keep_mapped`).
+    """
+    ids, codes = _array(arrays, "ids", 1, "i"), _array(arrays, "codes", 2, "iu")
+    m = tokenizer.quantizer.num_codebooks
+    if codes.shape != (len(ids), m):
+        raise IndexFormatError(f"the code table has shape {codes.shape}, expected "
+                               f"({len(ids)}, {m})")
+    if ids.size and ids.min() < 0:
+        raise IndexFormatError("the stored ids include negative values")
+    trie = _keep_mapped(Trie(codes, ids, int(body["codebook_size"])), "codes", codes)
+    next_id = body["next_id"]
+    if isinstance(next_id, bool) or not isinstance(next_id, int) or next_id < 0 or (
+            ids.size and next_id <= ids.max()):
+        raise IndexFormatError(f"next_id={next_id!r} is not above every stored id")
+    vectors = None
+    if store_vectors:
+        vector_ids = _array(arrays, "vector_ids", 1, "i")
+        stored = _array(arrays, "vectors", 2, "f")
+        if stored.shape != (len(vector_ids), body["d"]) or not np.array_equal(vector_ids,
+                                                                             np.sort(ids)):
+            raise IndexFormatError("the stored vectors do not match the stored ids")
+        if not np.isfinite(stored).all():
+            raise IndexFormatError("the stored vectors hold NaN or Inf")
+        vectors = _keep_mapped(VectorStore(vector_ids, stored), "vectors", stored)
+    fresh = arrays.get("fresh_ids", NO_IDS)
+    if fresh.ndim != 1 or fresh.dtype.kind != "i" or not np.isin(fresh, ids).all():
+        raise IndexFormatError("the fresh ids are not stored ids")
+    return Snapshot(tokenizer, decoder, trie, vectors, with_fresh(fresh)), next_id
+
+
+def _array(arrays: dict[str, np.ndarray], name: str, ndim: int, kinds: str) -> np.ndarray:
+    if name not in arrays:
+        raise IndexFormatError(f"the index has no {name} array")
+    array = arrays[name]
+    if array.ndim != ndim or array.dtype.kind not in kinds:
+        raise IndexFormatError(f"the {name} array has shape {array.shape} and dtype "
+                               f"{array.dtype}; expected {ndim} dimensions")
+    return array
+
+
+def _keep_mapped(value: Any, attribute: str, mapped: np.ndarray):
+    """Let ``value`` keep the memory-mapped array it was built from instead of its copy.
+
+    Saved tables are already in the order the trie and the store keep, so the
+    copy equals the mapping: swapping frees the copy and leaves the data on
+    disk, paged in on use. Skipped when the two differ in any way.
+    """
+    if isinstance(mapped, np.memmap):
+        current = getattr(value, attribute)
+        if (current.dtype == mapped.dtype and current.shape == mapped.shape
+                and np.array_equal(current, mapped)):
+            setattr(value, attribute, mapped)
+    return value

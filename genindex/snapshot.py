@@ -1,0 +1,64 @@
+"""The immutable snapshot an index searches: its model and its items.
+
+An index holds one :class:`Snapshot` and replaces it whole under its lock
+(copy-on-write): a search reads the reference once and sees one consistent
+model and item set, whatever updates run meanwhile.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .decoder import Decoder
+from .store import VectorStore
+from .tokenizer import SemanticTokenizer
+from .trie import Trie
+
+NO_IDS = np.zeros(0, np.int64)
+NO_IDS.flags.writeable = False
+
+
+class Snapshot(NamedTuple):
+    """All that a search reads: replaced whole under the lock, never edited."""
+
+    tokenizer: SemanticTokenizer
+    decoder: Decoder
+    trie: Trie  # every item's identifier, and its id
+    vectors: VectorStore | None  # the items' feature vectors, by id (store_vectors)
+    # ids added since the decoder was last trained or refreshed (sorted); see refresh
+    fresh: np.ndarray = NO_IDS
+
+    @classmethod
+    def empty(cls, tokenizer: SemanticTokenizer, decoder: Decoder, d: int,
+              store_vectors: bool) -> Snapshot:
+        """Trained models and no items (a store for ``d``-dimensional vectors if asked)."""
+        quantizer = tokenizer.quantizer
+        trie = Trie.empty(quantizer.num_codebooks, quantizer.codebook_size)
+        return cls(tokenizer, decoder, trie, VectorStore.empty(d) if store_vectors else None)
+
+    def insert(self, codes: np.ndarray, vectors: np.ndarray | None, ids: np.ndarray,
+               fresh: bool) -> Snapshot:
+        """This snapshot with the items ``ids`` too (``fresh``: as added after training)."""
+        store = None if self.vectors is None else self.vectors.insert(ids, vectors)
+        return self._replace(trie=self.trie.insert(codes, ids), vectors=store,
+                             fresh=with_fresh(self.fresh, ids) if fresh else self.fresh)
+
+    def remove(self, ids: np.ndarray) -> Snapshot:
+        """This snapshot without the items ``ids`` (those absent are ignored)."""
+        vectors = None if self.vectors is None else self.vectors.remove(ids)
+        return self._replace(trie=self.trie.remove(ids), vectors=vectors,
+                             fresh=with_fresh(self.fresh, removed=ids))
+
+
+def with_fresh(fresh: np.ndarray, added: np.ndarray | None = None,
+               removed: np.ndarray | None = None) -> np.ndarray:
+    """``fresh`` plus ``added`` minus ``removed``, sorted, read-only."""
+    if added is not None:
+        fresh = np.union1d(fresh, added)
+    if removed is not None:
+        fresh = np.setdiff1d(fresh, removed)
+    fresh = np.asarray(fresh, dtype=np.int64)
+    fresh.flags.writeable = False
+    return fresh
