@@ -261,9 +261,9 @@ class Decoder(nn.Module):
 
     def _embed(self, prefix: torch.Tensor) -> torch.Tensor:
         """Start token followed by the level-specific embedding of each code."""
-        levels = torch.arange(prefix.shape[1], device=prefix.device)
+        level = torch.arange(prefix.shape[1], device=prefix.device)
         start = torch.zeros(len(prefix), 1, dtype=torch.long, device=prefix.device)
-        tokens = torch.cat([start, 1 + levels * self.codebook_size + prefix], dim=1)
+        tokens = torch.cat([start, 1 + level * self.codebook_size + prefix], dim=1)
         positions = torch.arange(tokens.shape[1], device=prefix.device)
         return self.drop(self.wte(tokens) + self.wpe(positions))
 

@@ -15,7 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from genindex import GenerativeIndex, distributed
+from genindex import GenerativeIndex, IndexConfig, distributed
 from genindex.cli import main
 
 from .helpers import TINY
@@ -117,3 +117,50 @@ def test_torchrun_two_gloo_ranks_build_what_one_process_builds(tmp_path):
     for a, b in ((ddp.tokenizer, one.tokenizer), (ddp.decoder, one.decoder)):
         for (name, u), v in zip(a.state_dict().items(), b.state_dict().values()):
             torch.testing.assert_close(u, v, atol=WEIGHT_TOLERANCE, rtol=0, msg=name)
+
+
+_REFRESH = """
+import sys
+import numpy as np
+import torch
+from genindex import GenerativeIndex, IndexConfig, distributed
+
+torch.set_num_threads(1)
+folder, more, out = sys.argv[1:]
+device = distributed.init("cpu")
+index = GenerativeIndex.load(folder, device=device)
+index.add(np.load(more))
+history = index.refresh(steps=12)
+if distributed.is_main():
+    torch.save({k: v.clone() for k, v in index.decoder.state_dict().items()}, out)
+    print(history.steps, history.items)
+distributed.shutdown()
+"""
+
+
+def test_torchrun_two_gloo_ranks_refresh_as_one_process_does(tmp_path):
+    """Refresh trains through the one training loop, so it runs data-parallel too."""
+    files = _data(tmp_path)  # its config has no dropout: ranks would draw other masks
+    x, config = np.load(files["x"]), IndexConfig.from_json(files["config"].read_text())
+    index = GenerativeIndex.fit(x[:150], None, config, device="cpu", progress=False)
+    index.save(tmp_path / "base")
+    np.save(tmp_path / "more.npy", x[150:])
+    script = tmp_path / "refresh.py"
+    script.write_text(_REFRESH)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", str(script), str(tmp_path / "base"),
+                           str(tmp_path / "more.npy"), str(tmp_path / "ddp.pt")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["12", str(len(x) - 150)]  # rank 0 alone prints
+    one = GenerativeIndex.load(tmp_path / "base", device="cpu")
+    one.add(x[150:])
+    one.refresh(steps=12)
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    moved = 0
+    for (name, u), v in zip(ddp.items(), one.decoder.state_dict().values()):
+        torch.testing.assert_close(u, v, atol=WEIGHT_TOLERANCE, rtol=0, msg=name)
+        moved += not torch.equal(v, index.decoder.state_dict()[name])
+    assert moved  # the refresh changed the decoder: the comparison means something

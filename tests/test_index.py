@@ -320,3 +320,24 @@ def test_paper_presets_come_from_one_table_and_the_benchmark_file_equals_them():
     assert IndexConfig.preset("default") == IndexConfig()
     with pytest.raises(ValueError, match="unknown preset"):
         IndexConfig.preset("paper-xl")
+
+
+def test_fit_encodes_the_training_set_once_and_adds_what_training_computed(data, monkeypatch):
+    from genindex.tokenizer import SemanticTokenizer
+
+    x, labels = data
+    calls = []
+    encode = SemanticTokenizer.encode_vectors
+
+    def counting(self, v):
+        calls.append(len(v))
+        return encode(self, v)
+
+    monkeypatch.setattr(SemanticTokenizer, "encode_vectors", counting)
+    index = GenerativeIndex.fit(x, labels, TINY, device="cpu", progress=False)
+    assert calls == [len(x)]  # in training; fit inserts those codes, no second pass
+    monkeypatch.undo()
+    order = np.argsort(index.ids)
+    stored = index._state.trie.codes[order]
+    np.testing.assert_array_equal(stored, index.encode(x))  # the codes an add would give
+    np.testing.assert_array_equal(index._state.vectors.vectors, x)

@@ -16,12 +16,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from genindex.cache import default_cache_dir
+from genindex.images import IMAGE_SUFFIXES
 
 from . import DataUnavailable
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 def base_folder(data_root: str | os.PathLike | None) -> Path:
