@@ -81,10 +81,17 @@ def search(snapshot: Snapshot, queries: torch.Tensor, k: int, beam_size: int, *,
     items sharing a leaf ranked by their L2 distance to the query where the
     snapshot stores vectors. Queries go in batches of at most
     :data:`BEAMS_IN_FLIGHT` beams, which bounds memory for any number of them.
+    ``beam_size`` is cut to the number of identifiers, and only the first
+    ``min(k, items)`` columns are searched for: the others are padding (id -1,
+    score -inf), however large ``k``.
     """
     trie = snapshot.trie if trie is None else trie
-    scores = np.empty((len(queries), k), np.float32)
-    ids = np.empty((len(queries), k), np.int64)
+    scores = np.full((len(queries), k), -np.inf, np.float32)
+    ids = np.full((len(queries), k), -1, np.int64)
+    width = min(k, len(trie))  # columns that can hold an item; the rest stay padding
+    if not width:
+        return scores, ids
+    beam_size = min(beam_size, trie.num_leaves)  # more beams than identifiers find no more
     size = max(1, BEAMS_IN_FLIGHT // beam_size)
     with torch.inference_mode():
         for start in tqdm(range(0, len(queries), size), desc="search", unit="batch",
@@ -98,9 +105,9 @@ def search(snapshot: Snapshot, queries: torch.Tensor, k: int, beam_size: int, *,
                     vectors = snapshot.tokenizer.feature_vectors(batch)
                 distance = snapshot.vectors.distance(batch.device, vectors)
             with _timed(timings, "items", batch.device):
-                s, i = top_items(trie, beams, k, distance)
-                scores[start:start + len(batch)] = s.cpu().numpy()
-                ids[start:start + len(batch)] = i.cpu().numpy()
+                s, i = top_items(trie, beams, width, distance)
+                scores[start:start + len(batch), :width] = s.cpu().numpy()
+                ids[start:start + len(batch), :width] = i.cpu().numpy()
     return scores, ids
 
 

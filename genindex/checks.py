@@ -14,8 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from .selectors import is_selector, selected
+
 _NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float: what Faiss would cast
 _INT64_MAX = np.iinfo(np.int64).max
+_FLOAT_EXACT = 2.0 ** 53  # float64 holds every integer below this, and not all above
 
 
 class NotTrainedError(RuntimeError, ValueError):
@@ -107,6 +110,9 @@ def as_ids(ids: Any, n: int | None = None, name: str = "ids", *, distinct: bool 
             raise TypeError(f"{name} must be integers, got non-integral {array.dtype} values")
         if array.size and np.abs(array).max() >= 2.0 ** 63:
             raise ValueError(f"{name} must fit in int64")
+        if array.size and np.abs(array).max() >= _FLOAT_EXACT:
+            raise ValueError(f"{name}: floating-point ids of 2**53 and more do not name one "
+                             f"id exactly (got {np.abs(array).max():.17g}); pass int64 ids")
     if array.dtype.kind == "u" and array.size and array.max() > _INT64_MAX:
         raise ValueError(f"{name} must fit in int64")
     out = np.array(array, dtype=np.int64)
@@ -153,6 +159,8 @@ def as_k(k: Any) -> int:
 
 
 def as_beam_size(beam_size: Any, k: int) -> int:
+    """``beam_size``, default ``max(k, 10)``; any positive integer (a search keeps at most
+    as many beams as the index has identifiers)."""
     if beam_size is None:
         return max(k, 10)
     if isinstance(beam_size, bool) or not isinstance(beam_size, (int, np.integer)):
@@ -162,18 +170,45 @@ def as_beam_size(beam_size: Any, k: int) -> int:
     return int(beam_size)
 
 
-def as_filter(selection: Any, name: str = "filter") -> np.ndarray:
-    """The allowed ids of a search filter, sorted and distinct (int64).
+def check_result_size(n: int, k: int) -> None:
+    """Refuse a search whose (n, k) result arrays would not fit in the free memory."""
+    needed = n * k * (np.dtype(np.float32).itemsize + np.dtype(np.int64).itemsize)
+    free = available_memory()
+    if needed > free:
+        raise ValueError(f"k={k} for {n} queries: the result would take {needed / 2**30:.1f} "
+                         f"GiB, more than the {free / 2**30:.1f} GiB of free memory; lower k "
+                         "or search fewer queries at a time")
 
-    ``selection`` is either ids (a 1-D array of integers; ids not in the index
-    are ignored) or a boolean mask indexed by id (``mask[i]``: may item ``i``
-    be returned; ids at or beyond ``len(mask)`` may not), as Faiss's
-    ``IDSelectorBatch`` and ``IDSelectorBitmap``.
+
+def available_memory() -> int:
+    """Bytes of memory free for new allocations (Linux: MemAvailable), else all of it."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def as_filter(selection: Any, ids: np.ndarray, name: str = "filter") -> np.ndarray:
+    """The allowed ids of a search filter, sorted and distinct (int64); ``ids`` are the
+    index's ids (what a Faiss selector is asked about).
+
+    One rule, by type: an array of dtype ``bool`` is a mask indexed by id
+    (``mask[i]``: may item ``i`` be returned; ids at or beyond ``len(mask)`` may
+    not); an array of integers, whatever their dtype (``uint8`` too), is a list
+    of allowed ids (ids not in the index are ignored); a Faiss ``IDSelector``
+    (``IDSelectorBatch``, ``IDSelectorRange``, ``IDSelectorBitmap`` for packed
+    bits, ...) selects as it does in Faiss (see :mod:`genindex.selectors`).
     """
+    if is_selector(selection):
+        return selected(selection, ids)
     array = as_numpy(selection, name)
     if array.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array of allowed ids or a 1-D boolean mask "
-                         f"indexed by id, got shape {array.shape}")
+        raise ValueError(f"{name} must be a 1-D array of allowed ids, a 1-D boolean mask "
+                         f"indexed by id or a Faiss IDSelector, got shape {array.shape}")
     if array.dtype.kind == "b":
         return np.flatnonzero(array).astype(np.int64)
     return np.unique(as_ids(array, name=name, distinct=False))

@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup(args)
     try:
+        if args.device is not None:
+            checks.as_device(args.device, "--device")
         if args.command != "build" and distributed.launched():
             raise ValueError(f"only 'build' runs under torchrun; run '{args.command}' "
                              "as a single process")
@@ -61,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("genindex: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        if os.environ.get("GENINDEX_DEBUG"):
+            raise
+        print("genindex: error: out of memory (lower -k, --beam-size or the number of "
+              "queries)", file=sys.stderr)
+        return 1
     except (ValueError, TypeError, OSError, RuntimeError) as error:
         if os.environ.get("GENINDEX_DEBUG"):
             raise

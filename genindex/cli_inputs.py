@@ -26,6 +26,7 @@ import numpy as np
 
 from .config import PRESETS, IndexConfig
 from .images import image_files
+from .persist import check_target
 
 _PATH_COLUMNS = ("path", "file", "image", "filename")
 
@@ -135,7 +136,10 @@ def read_config(value: str | None, seed: int | None = None) -> IndexConfig:
             raise ValueError(f"--config: invalid JSON: {error}") from None
         if not isinstance(values, dict):
             raise ValueError("--config: expected a JSON object of IndexConfig fields")
-        config = IndexConfig.from_dict(values)
+        try:
+            config = IndexConfig.from_dict(values)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"--config: {error}") from None
     return config if seed is None else config.replace(seed=seed)
 
 
@@ -148,12 +152,17 @@ def expand_images(values: list[str]) -> list[Path]:
 
 
 def check_out(out: str, force: bool) -> None:
-    """Refuse to write an index over a file, or over a non-empty folder without --force."""
+    """Refuse to write an index over a file, over a non-empty folder without --force, or
+    where a save would fail: checked before any work."""
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise ValueError(f"--out {out}: exists and is not a folder")
     if path.is_dir() and any(path.iterdir()) and not force:
         raise ValueError(f"--out {out}: the folder is not empty (pass --force to overwrite)")
+    try:
+        check_target(path)
+    except ValueError as error:
+        raise ValueError(f"--out {out}: {error}") from None
 
 
 def label_kind(labels: np.ndarray) -> str:

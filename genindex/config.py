@@ -155,9 +155,12 @@ class IndexConfig:
         if not isinstance(self.decoder, DecoderConfig):
             raise TypeError("IndexConfig: decoder must be a DecoderConfig "
                             "(use IndexConfig.from_dict for plain dicts)")
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"IndexConfig: betas must be two numbers in [0, 1), got {self.betas}")
+        betas = self.betas
+        if (not isinstance(betas, (list, tuple)) or len(betas) != 2 or not all(
+                isinstance(b, (int, float)) and not isinstance(b, bool) and 0.0 <= b < 1.0
+                for b in betas)):
+            raise ValueError(f"IndexConfig: betas must be two numbers in [0, 1), got {betas!r}")
+        object.__setattr__(self, "betas", tuple(float(b) for b in betas))
         _check_nonnegative(self, "weight_decay", "backbone_lr_scale", "seed")
 
     @classmethod

@@ -33,6 +33,7 @@ from .config import IndexConfig
 from .decoder import Decoder
 from .extract import model_inputs, open_cache
 from .refresh import RefreshHistory, refresh
+from .selectors import is_selector, selected
 from .snapshot import NO_IDS, Snapshot
 from .tokenizer import SemanticTokenizer
 from .train import Models, TrainHistory, train_models
@@ -149,10 +150,14 @@ class GenerativeIndex:
             self._insert(inputs, ids)
 
     def remove_ids(self, ids: Any) -> int:
-        """Remove the items with these ids; returns how many were present."""
-        ids = np.unique(checks.as_ids(ids, distinct=False))
+        """Remove the items with these ids (an id array or a Faiss ``IDSelector``);
+        returns how many were present."""
+        if not is_selector(ids):
+            ids = np.unique(checks.as_ids(ids, distinct=False))
         with self._lock:
             state = self._require_trained()
+            if is_selector(ids):
+                ids = selected(ids, state.trie.ids)
             removed = int(state.trie.contains(ids).sum())
             if removed:
                 self._state = state.remove(ids)
@@ -173,8 +178,11 @@ class GenerativeIndex:
         """The ``k`` best items for each query row of ``x``: ``D, I = index.search(x, k)``.
 
         ``beam_size`` (default ``max(k, 10)``) is the number of identifiers kept
-        at each step. With ``beam_size >= k`` every row is full whenever the
-        index holds at least k items; with fewer beams a row may end in ``-1``.
+        at each step, at most the number of identifiers in the index. With
+        ``beam_size >= k`` every row is full whenever the index holds at least k
+        items; with fewer beams a row may end in ``-1``. ``k`` may exceed the
+        number of items (rows are padded); a result that would not fit in free
+        memory is refused with a ValueError saying how big it would be.
 
         ``filter`` restricts the results to allowed items: an array of allowed
         ids, or a boolean mask indexed by id (see :func:`genindex.checks.as_filter`).
@@ -190,14 +198,16 @@ class GenerativeIndex:
         """
         state = self._require_trained()
         k = checks.as_k(k)
+        checks.check_result_size(1, k)  # before any work: even one row would not fit
         beam_size = checks.as_beam_size(beam_size, k)
         dtype = compute_dtype(dtype)
         if timings is not None and not isinstance(timings, dict):
             raise TypeError(f"timings must be a dict or None, got {type(timings).__name__}")
         trie = None
         if filter is not None:
-            trie = self._filters.restrict(state.trie, checks.as_filter(filter))
+            trie = self._filters.restrict(state.trie, checks.as_filter(filter, state.trie.ids))
         queries = self._inputs(x, progress).tensor
+        checks.check_result_size(len(queries), k)
         scores, ids = search(state, queries, k, beam_size, trie=trie, dtype=dtype,
                              timings=timings, progress=progress)
         return SearchResult(scores, ids)

@@ -13,9 +13,11 @@ manifest names are removed after the swap. (Writing a whole new folder and
 renaming it over the old one would not be atomic: POSIX cannot rename a
 folder over a non-empty one, so the old folder would first have to move away.)
 
-Saving into a folder that holds other files but no index is refused, and only
-files named as this module names them are ever removed. Two processes must not
-save into the same folder at the same time.
+Saving into a folder that holds other files but no index, or a ``manifest.json``
+that is not a genindex index's, is refused. A save removes only regular files
+that the replaced manifest named, staging files, and data files under this
+index's own names (``codes.<hash>.npy``: what a killed save left). Two
+processes must not save into the same folder at the same time.
 
 ``read_folder(..., mmap=names)`` memory-maps the named ``.npy`` arrays
 (copy-on-write: the file is never written) after verifying their checksum by
@@ -47,6 +49,7 @@ _LOGICAL = re.compile(r"[a-z][a-z0-9_]*\.(npy|safetensors)")
 _STORED = re.compile(r"[a-z][a-z0-9_]*\.[0-9a-f]{16}\.(npy|safetensors)")
 _STAGING = re.compile(r"\.[a-z][a-z0-9_.]*\.[0-9a-f]{32}\.tmp")
 _HASH_BLOCK = 1 << 22
+_MANIFEST_LIMIT = 1 << 24  # bytes; a manifest is a few kB
 
 
 class IndexFormatError(ValueError):
@@ -57,6 +60,7 @@ def write_folder(path: str | os.PathLike, body: dict[str, Any],
                  tensors: dict[str, torch.Tensor], arrays: dict[str, np.ndarray]) -> None:
     """Write ``tensors`` (one safetensors file) and ``arrays`` (one .npy each) atomically."""
     folder = _target_folder(Path(path))
+    previous = _named_files(folder)  # what the index being replaced holds
     blobs = {"weights.safetensors": save_tensors({k: v.detach().cpu().contiguous()
                                                   for k, v in tensors.items()})}
     for name, array in arrays.items():
@@ -83,8 +87,11 @@ def write_folder(path: str | os.PathLike, body: dict[str, Any],
     os.replace(staging, folder / MANIFEST)
     _sync_dir(folder)
     keep = {entry["file"] for entry in files.values()} | {MANIFEST}
-    for stale in folder.iterdir():
-        if stale.name not in keep and _is_ours(stale.name):
+    ours = {logical.rsplit(".", 1)[0] for logical in files}
+    for stale in folder.iterdir():  # the old index's files, a killed save's, no other
+        if stale.name not in keep and stale.is_file() and not stale.is_symlink() and (
+                stale.name in previous or _STAGING.fullmatch(stale.name)
+                or (_STORED.fullmatch(stale.name) and stale.name.split(".")[0] in ours)):
             stale.unlink(missing_ok=True)
 
 
@@ -101,9 +108,11 @@ def read_folder(path: str | os.PathLike, mmap: Collection[str] = ()
     try:
         manifest = json.loads(manifest_path.read_bytes())
         body, digest = manifest["body"], manifest["sha256"]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
-        raise IndexFormatError(f"{manifest_path} is damaged: {error}") from None
-    if _digest_json(body) != digest:
+        edited = _digest_json(body) != digest
+    except (ValueError, KeyError, TypeError, RecursionError) as error:
+        raise IndexFormatError(f"{manifest_path} is damaged: {type(error).__name__}: "
+                               f"{error}") from None
+    if edited:
         raise IndexFormatError(f"{manifest_path} is damaged or was edited: checksum mismatch")
     if not isinstance(body, dict):
         raise IndexFormatError(f"{manifest_path} is damaged: its body is not an object")
@@ -136,18 +145,58 @@ def read_folder(path: str | os.PathLike, mmap: Collection[str] = ()
     return body, tensors, arrays
 
 
-def _target_folder(folder: Path) -> Path:
-    """``folder``, created if needed; refused if it holds files but no index."""
+def check_target(path: str | os.PathLike) -> Path:
+    """Refuse, naming the path, a save target that is not a folder, holds files but no
+    index, or cannot be created (a file in the way); nothing is created here."""
+    folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"path {folder} exists and is not a folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / MANIFEST).is_file():
+    if (folder / MANIFEST).exists() and not _is_index_manifest(folder / MANIFEST):
+        raise ValueError(f"path {folder} holds a {MANIFEST} that is not a genindex index's: "
+                         "save into an empty or new folder, or one that holds a saved index")
+    if folder.is_dir() and not (folder / MANIFEST).is_file():
         foreign = [p.name for p in folder.iterdir()
                    if not (_STORED.fullmatch(p.name) or _STAGING.fullmatch(p.name))]
         if foreign:
             raise ValueError(f"path {folder} holds files that are not a saved index "
                              f"({', '.join(sorted(foreign)[:3])}): save into an empty or new "
                              "folder, or one that holds a saved index")
+    parent = folder.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"path {folder}: cannot create the folder, {parent} is not a folder")
+    return folder
+
+
+def _is_index_manifest(path: Path) -> bool:
+    """Whether ``path`` is a regular file holding a genindex manifest (of any version)."""
+    try:
+        if not path.is_file() or path.is_symlink() or path.stat().st_size > _MANIFEST_LIMIT:
+            return False
+        manifest = json.loads(path.read_bytes())
+        return manifest["body"]["format"] == FORMAT_NAME
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return False
+
+
+def _named_files(folder: Path) -> set[str]:
+    """The data files the index saved in ``folder`` names (none if it holds no index)."""
+    try:
+        files = json.loads((folder / MANIFEST).read_bytes())["body"]["files"]
+        return {str(entry["file"]) for entry in files.values()
+                if _STORED.fullmatch(str(entry["file"]))}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        return set()
+
+
+def _target_folder(folder: Path) -> Path:
+    """``folder``, created if needed, after :func:`check_target`."""
+    check_target(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"path {folder}: cannot create the folder: {error.strerror}") from None
     return folder
 
 
@@ -193,10 +242,6 @@ def _read_verified(folder: Path, logical: str, entry: dict[str, Any]) -> bytes:
 
 def _digest_json(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
-
-
-def _is_ours(name: str) -> bool:
-    return bool(_STORED.fullmatch(name) or _STAGING.fullmatch(name))
 
 
 def _write_synced(path: Path, blob: bytes) -> None:

@@ -77,7 +77,8 @@ def read_index(path: str | os.PathLike, mmap: bool = False) -> Saved:
                      int(body.get("refreshes", 0)))
     except IndexFormatError:
         raise
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+    except (KeyError, TypeError, ValueError, RuntimeError, OverflowError,
+            RecursionError) as error:
         raise IndexFormatError(f"{path} does not hold a consistent index: {error}") from None
 
 

@@ -154,6 +154,11 @@ def test_help_explains_every_command(capsys):
     (["build", "--vectors", "x.npy", "--out", "o", "--config", "{bad json"], 1, "invalid JSON"),
     (["build", "--vectors", "x.npy", "--out", "o", "--config", '{"nope": 1}'], 1,
      "unknown fields"),
+    (["build", "--vectors", "x.npy", "--out", "o", "--config", '{"betas": 5}'], 1,
+     "--config: IndexConfig: betas must be two numbers"),
+    (["build", "--vectors", "x.npy", "--out", "o", "--device", "bogus"], 1,
+     "--device='bogus' is not a torch device"),
+    (["build", "--vectors", "x.npy", "--out", "x.npy/sub"], 1, "--out x.npy/sub"),
 ])
 def test_bad_arguments_give_one_line_and_a_nonzero_status(argv, status, fragment, capsys,
                                                          tmp_path, monkeypatch):
@@ -176,6 +181,8 @@ def test_user_errors_from_the_library_are_one_line(built, files, tmp_path, capsy
     assert code == 1 and "--force" in err
     code, _, err = run(["search", built], capsys)
     assert code == 1 and "one of them" in err
+    code, _, err = run(["search", built, "--vectors", files["q"], "-k", 10**15], capsys)
+    assert code == 1 and err.count("\n") == 1 and "GiB" in err and "lower k" in err
 
 
 def test_only_build_runs_under_torchrun(built, capsys, monkeypatch):

@@ -70,3 +70,58 @@ def test_a_filter_follows_updates_of_the_index(trained, data):
     third = index.search(x, 5, filter=np.r_[allowed, np.arange(1030, 1036)])
     assert np.isin(third.ids[:, 0], np.arange(1030, 1036)).mean() > 0.5
     np.testing.assert_array_equal(trained.search(x, 5, filter=allowed).ids, first.ids)
+
+
+def _selectors(faiss):
+    """Faiss selectors and the ids each holds (of 0..299), by Faiss's own is_member."""
+    batch_ids = np.array([3, 42, 77, 150, 190, 10**9], np.int64)
+    bits = np.zeros(300, bool)
+    bits[[1, 8, 9, 64, 120, 199]] = True
+    packed = np.packbits(bits, bitorder="little")  # Faiss's IDSelectorBitmap layout
+    made = {"batch": faiss.IDSelectorBatch(batch_ids),
+            "array": faiss.IDSelectorArray(batch_ids),
+            "range": faiss.IDSelectorRange(20, 60),
+            "bitmap": faiss.IDSelectorBitmap(len(packed), faiss.swig_ptr(packed))}
+    made["not"] = faiss.IDSelectorNot(made["range"])
+    made["and"] = faiss.IDSelectorAnd(made["not"], made["bitmap"])
+    made["or"] = faiss.IDSelectorOr(made["range"], made["batch"])
+    keep = [batch_ids, packed]  # the selectors point into these arrays
+    return made, keep
+
+
+def test_faiss_selectors_filter_and_remove_as_they_do_in_faiss(trained, data):
+    import faiss
+
+    x = data[0][:8]
+    selectors, _keep = _selectors(faiss)
+    for name, selector in selectors.items():
+        members = np.array([i for i in range(300) if selector.is_member(i)], np.int64)
+        want = trained.search(x, 6, filter=members)
+        got = trained.search(x, 6, filter=selector)
+        np.testing.assert_array_equal(got.ids, want.ids, err_msg=name)
+        np.testing.assert_array_equal(got.scores, want.scores, err_msg=name)
+        # remove_ids counts and removes what Faiss's IndexIDMap removes for it
+        reference = faiss.IndexIDMap(faiss.IndexFlatL2(1))
+        reference.add_with_ids(np.zeros((trained.ntotal, 1), np.float32), trained.ids)
+        index = copy.copy(trained)
+        assert index.remove_ids(selector) == reference.remove_ids(selector), name
+        assert sorted(index.ids) == sorted(faiss.vector_to_array(reference.id_map)), name
+
+
+def test_the_filter_rule_is_by_dtype_bool_masks_integer_ids(trained, data):
+    x = data[0][:5]
+    as_ids = trained.search(x, 3, filter=np.array([0, 1, 1, 0], np.uint8))  # ids 0 and 1
+    assert set(as_ids.ids.ravel().tolist()) <= {0, 1, -1} and (as_ids.ids[:, :2] >= 0).all()
+    as_mask = trained.search(x, 3, filter=np.array([0, 1, 1, 0], bool))  # ids 1 and 2
+    assert set(as_mask.ids.ravel().tolist()) <= {1, 2, -1}
+
+
+def test_float_ids_must_name_one_id_exactly(trained):
+    import pytest
+
+    index = copy.copy(trained)
+    with pytest.raises(ValueError, match="2\\*\\*53"):
+        index.remove_ids(np.array([2.0 ** 53 + 2]))
+    with pytest.raises(TypeError, match="non-integral"):
+        index.remove_ids(np.array([1.5]))
+    assert index.remove_ids(np.array([3.0, 4.0])) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -215,6 +216,21 @@ def test_k_beyond_ntotal_pads_every_row(index, data):
     assert (I[:, 5:] == -1).all() and np.isneginf(D[:, 5:]).all()
 
 
+def test_huge_k_is_refused_before_any_work_and_huge_beams_are_cut(index, data):
+    before = observe(index, data[0])
+    with pytest.raises(ValueError, match=r"would take .* GiB, more than the .* GiB of free"):
+        index.search(data[0][:5], 10**15)
+    assert_same(before, observe(index, data[0]))
+    leaves = index._state.trie.num_leaves
+    want = index.search(data[0][:5], 7, beam_size=leaves)
+    for beams in (leaves + 1, 10**9, 2**70):  # every identifier is found either way
+        got = index.search(data[0][:5], 7, beam_size=beams)
+        np.testing.assert_array_equal(got.ids, want.ids)
+        np.testing.assert_array_equal(got.scores, want.scores)
+    D, I = index.search(data[0][:2], 5000)  # k far beyond ntotal: padded, not allocated
+    assert I.shape == (2, 5000) and (I[:, index.ntotal:] == -1).all()
+
+
 def test_ids_run_out_only_with_a_clear_message(index, data):
     index.add_with_ids(data[0][:1], [np.iinfo(np.int64).max - 1])
     before = observe(index, data[0])
@@ -242,6 +258,30 @@ def test_saving_over_other_files_is_refused_and_touches_nothing(index, tmp_path)
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="exists and is not a folder"):
         index.save(tmp_path / "file")
+    with pytest.raises(ValueError, match=r"cannot create the folder, .*file is not a folder"):
+        index.save(tmp_path / "file" / "below")  # a ValueError naming it, not an OSError
+    other = tmp_path / "theirs"
+    other.mkdir()
+    (other / "manifest.json").write_text('{"name": "someone else\'s project"}')
+    with pytest.raises(ValueError, match="not a genindex index's"):
+        index.save(other)
+    assert (other / "manifest.json").read_text() == '{"name": "someone else\'s project"}'
+
+
+def test_resaving_removes_only_the_files_the_old_index_named(index, tmp_path):
+    folder = tmp_path / "ix"
+    index.save(folder)
+    first = {p.name for p in folder.iterdir()}
+    mine = folder / "x.0123456789abcdef.npy"  # named like an index file, but the user's
+    mine.write_bytes(b"keep me")
+    index.add(np.ones((1, index.d), np.float32))
+    index.save(folder)
+    assert mine.read_bytes() == b"keep me"
+    named = {entry["file"] for entry in json.loads(
+        (folder / "manifest.json").read_text())["body"]["files"].values()}
+    assert {p.name for p in folder.iterdir()} == named | {"manifest.json", mine.name}
+    assert len(first - named) > 1  # the old codes and vectors went, as they should
+    GenerativeIndex.load(folder)
 
 
 def test_undecodable_images_are_named_and_change_nothing(tiny_vit, images, tmp_path):
