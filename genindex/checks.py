@@ -161,13 +161,7 @@ def as_k(k: Any) -> int:
 def as_beam_size(beam_size: Any, k: int) -> int:
     """``beam_size``, default ``max(k, 10)``; any positive integer (a search keeps at most
     as many beams as the index has identifiers)."""
-    if beam_size is None:
-        return max(k, 10)
-    if isinstance(beam_size, bool) or not isinstance(beam_size, (int, np.integer)):
-        raise TypeError(f"beam_size must be an integer or None, got {type(beam_size).__name__}")
-    if beam_size <= 0:
-        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
-    return int(beam_size)
+    return max(k, 10) if beam_size is None else as_positive_int(beam_size, "beam_size")
 
 
 def check_result_size(n: int, k: int) -> None:
@@ -212,6 +206,19 @@ def as_filter(selection: Any, ids: np.ndarray, name: str = "filter") -> np.ndarr
     if array.dtype.kind == "b":
         return np.flatnonzero(array).astype(np.int64)
     return np.unique(as_ids(array, name=name, distinct=False))
+
+
+def as_removal(ids: Any, present: np.ndarray) -> np.ndarray:
+    """The ids ``remove_ids`` is given, sorted and distinct: an id array, or a Faiss
+    ``IDSelector`` asked about the ``present`` ids."""
+    if is_selector(ids):
+        return selected(ids, present)
+    return np.unique(as_ids(ids, distinct=False))
+
+
+def check_timings(timings: Any) -> None:
+    if timings is not None and not isinstance(timings, dict):
+        raise TypeError(f"timings must be a dict or None, got {type(timings).__name__}")
 
 
 def as_positive_int(value: Any, name: str) -> int:

@@ -33,7 +33,6 @@ from .config import IndexConfig
 from .decoder import Decoder
 from .extract import model_inputs, open_cache
 from .refresh import RefreshHistory, refresh
-from .selectors import is_selector, selected
 from .snapshot import NO_IDS, Snapshot
 from .tokenizer import SemanticTokenizer
 from .train import Models, TrainHistory, train_models
@@ -152,12 +151,9 @@ class GenerativeIndex:
     def remove_ids(self, ids: Any) -> int:
         """Remove the items with these ids (an id array or a Faiss ``IDSelector``);
         returns how many were present."""
-        if not is_selector(ids):
-            ids = np.unique(checks.as_ids(ids, distinct=False))
         with self._lock:
             state = self._require_trained()
-            if is_selector(ids):
-                ids = selected(ids, state.trie.ids)
+            ids = checks.as_removal(ids, state.trie.ids)
             removed = int(state.trie.contains(ids).sum())
             if removed:
                 self._state = state.remove(ids)
@@ -177,32 +173,24 @@ class GenerativeIndex:
                progress: bool = False) -> SearchResult:
         """The ``k`` best items for each query row of ``x``: ``D, I = index.search(x, k)``.
 
-        ``beam_size`` (default ``max(k, 10)``) is the number of identifiers kept
-        at each step, at most the number of identifiers in the index. With
-        ``beam_size >= k`` every row is full whenever the index holds at least k
-        items; with fewer beams a row may end in ``-1``. ``k`` may exceed the
-        number of items (rows are padded); a result that would not fit in free
-        memory is refused with a ValueError saying how big it would be.
-
-        ``filter`` restricts the results to allowed items: an array of allowed
-        ids, or a boolean mask indexed by id (see :func:`genindex.checks.as_filter`).
-        Beam search then only follows identifiers that lead to an allowed item,
-        so rows are full whenever at least k items are allowed, and the scores
-        are those of an index holding only the allowed items.
-
-        ``dtype``: the decoder's compute precision: None or ``"float32"`` (exact),
-        ``"bfloat16"`` or ``"float16"``: about twice as fast on GPUs and on CPUs
-        with bfloat16 instructions, scores off by about 1e-2 (docs/performance.md).
-        ``timings``: a dict that accumulates the seconds spent in each part of the
-        search (:data:`genindex.beam.TIMED_PARTS`).
+        ``beam_size`` (default ``max(k, 10)``): identifiers kept at each step (at
+        most as many as the index has); with ``beam_size >= k`` every row is full
+        when the index holds k items. ``k`` may exceed the items (rows are padded
+        with ``-1``); a result too big for free memory is refused, by size.
+        ``filter``: allowed ids, a boolean mask by id or a Faiss ``IDSelector``
+        (:func:`genindex.checks.as_filter`); the search then follows only
+        identifiers that lead to an allowed item, as an index of those items.
+        ``dtype``: the decoder's precision, None or ``"float32"`` (exact),
+        ``"bfloat16"`` or ``"float16"`` (faster where the hardware has it; scores
+        off by about 1e-2, docs/performance.md). ``timings``: a dict that adds up
+        the seconds of each part (:data:`genindex.beam.TIMED_PARTS`).
         """
         state = self._require_trained()
         k = checks.as_k(k)
         checks.check_result_size(1, k)  # before any work: even one row would not fit
         beam_size = checks.as_beam_size(beam_size, k)
         dtype = compute_dtype(dtype)
-        if timings is not None and not isinstance(timings, dict):
-            raise TypeError(f"timings must be a dict or None, got {type(timings).__name__}")
+        checks.check_timings(timings)
         trie = None
         if filter is not None:
             trie = self._filters.restrict(state.trie, checks.as_filter(filter, state.trie.ids))
