@@ -190,31 +190,56 @@ class OpenClipBackbone(Backbone):
         return BackboneOutput(pooled, tokens)
 
 
-def get_backbone(spec: str | Backbone | dict[str, Any], weights: bool = True) -> Backbone:
-    """A backbone from a name (see the module doc), a saved spec dict, or itself.
-
-    With ``weights=False`` a spec dict gives the architecture only, randomly
-    initialised, for weights that are loaded next (a saved end-to-end index).
-    """
+def get_backbone(spec: str | Backbone) -> Backbone:
+    """A backbone from a name (see the module doc), or itself."""
     if isinstance(spec, Backbone):
         return spec
-    if isinstance(spec, dict):
-        kind, pretrained = spec.get("kind"), spec.get("pretrained")
-        if kind == EFFICIENTNET_LITE0:  # saved before "pooling" existed: the plain mean
-            backbone: Backbone = EfficientNetLite0(pretrained=bool(weights and pretrained),
-                                                   pooling=spec.get("pooling", "mean"))
-        elif kind == "open_clip":
-            backbone = OpenClipBackbone(spec["name"], pretrained if weights else None)
-        else:
-            raise ValueError(f"unknown backbone spec {spec!r}")
-        backbone.pretrained = pretrained  # the identity it was saved with
-        return backbone
     if not isinstance(spec, str) or not spec:
         raise TypeError(f"backbone must be a name, a Backbone or None, got {spec!r}")
     if spec == EFFICIENTNET_LITE0:
         return EfficientNetLite0()
     name, _, tag = spec.partition(":")
     return OpenClipBackbone(name, tag or "openai")
+
+
+def saved_backbone(spec: dict[str, Any], weights: bool = True) -> Backbone:
+    """The backbone a saved index's spec names.
+
+    A spec comes from a file, so it is trusted for names only: weights come
+    from the backbone's own package (EfficientNet-Lite0) or an open_clip
+    pretrained *tag* (its cache or hub), never from a path written in the
+    spec. With ``weights=False`` the architecture only, randomly initialised,
+    for weights that are loaded next (a saved end-to-end index).
+    """
+    if not isinstance(spec, dict):
+        raise ValueError(f"the backbone spec must be an object, got {spec!r}")
+    kind, pretrained = spec.get("kind"), spec.get("pretrained")
+    if kind == EFFICIENTNET_LITE0:  # saved before "pooling" existed: the plain mean
+        if not isinstance(pretrained, bool):
+            raise ValueError(f"{kind}: pretrained must be true or false, got {pretrained!r}")
+        backbone: Backbone = EfficientNetLite0(pretrained=weights and pretrained,
+                                               pooling=spec.get("pooling", "mean"))
+    elif kind == "open_clip":
+        name = spec.get("name")
+        if pretrained is not None and not _is_tag(name, pretrained):
+            raise ValueError(f"the backbone spec names weights {pretrained!r} for open_clip "
+                             f"model {name!r}, which is not one of its pretrained tags; "
+                             "weights are never read from a path an index names: pass the "
+                             "backbone to load (backbone=...)")
+        backbone = OpenClipBackbone(name, pretrained if weights else None)
+    else:
+        raise ValueError(f"unknown backbone spec {spec!r}")
+    backbone.pretrained = pretrained  # the identity it was saved with
+    return backbone
+
+
+def _is_tag(name: Any, tag: Any) -> bool:
+    """Whether ``tag`` is one of open_clip's pretrained tags for model ``name``."""
+    if not isinstance(name, str) or not isinstance(tag, str):
+        return False
+    open_clip = _import_open_clip()
+    return name in open_clip.list_models() and tag in open_clip.list_pretrained_tags_by_model(
+        name)
 
 
 def _lite0_weights() -> str:

@@ -332,18 +332,21 @@ class GenerativeIndex:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str | torch.device | None = None,
+             backbone: str | Backbone | None = None,
              cache_dir: str | os.PathLike | None = None, cache: bool = True,
              mmap: bool = False) -> GenerativeIndex:
         """Read an index written by :meth:`save`; never unpickles anything.
 
-        Every file is checked against the manifest's checksums and every array
-        against the others: a damaged or inconsistent index raises
-        :class:`IndexFormatError`. ``device``: where to search (default: CUDA
-        when present, else the CPU). ``mmap``: map the code table and the
-        stored vectors from the files instead of reading them into memory.
+        Every file, size and array is checked: a damaged, inconsistent or crafted
+        index raises :class:`IndexFormatError`. ``device``: where to search
+        (default: CUDA when present, else the CPU). ``mmap``: map the code table
+        and vectors from the files. ``backbone``: this frozen backbone (a name or
+        object) instead of the one the file names; weights are never read from a
+        path written in a file.
         """
         device = default_device() if device is None else checks.as_device(device)
-        saved = schema.read_index(path, mmap=mmap)
+        given = None if backbone is None else get_backbone(backbone)
+        saved = schema.read_index(path, mmap=mmap, backbone=given)
         index = cls(saved.d, saved.config, backbone=saved.backbone, cache_dir=cache_dir,
                     cache=cache)
         index._state, index._next_id, index._refreshes = (saved.snapshot, saved.next_id,

@@ -32,6 +32,7 @@ import io
 import json
 import os
 import re
+import stat
 import uuid
 from collections.abc import Collection
 from pathlib import Path
@@ -105,8 +106,10 @@ def read_folder(path: str | os.PathLike, mmap: Collection[str] = ()
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
         raise IndexFormatError(f"{folder} is not a saved genindex index: no {MANIFEST}")
+    with _open_regular(manifest_path, MANIFEST, limit=_MANIFEST_LIMIT) as handle:
+        text = handle.read(_MANIFEST_LIMIT + 1)
     try:
-        manifest = json.loads(manifest_path.read_bytes())
+        manifest = json.loads(text)
         body, digest = manifest["body"], manifest["sha256"]
         edited = _digest_json(body) != digest
     except (ValueError, KeyError, TypeError, RecursionError) as error:
@@ -218,26 +221,45 @@ def _verify_stream(folder: Path, logical: str, entry: dict[str, Any]) -> None:
     """Check a file's size and checksum without holding it in memory."""
     target = folder / entry["file"]
     digest, size = hashlib.sha256(), 0
-    try:
-        with open(target, "rb") as handle:
-            while block := handle.read(_HASH_BLOCK):
-                digest.update(block)
-                size += len(block)
-    except OSError as error:
-        raise IndexFormatError(f"{logical} of the index at {folder} is missing: {error}") from None
+    with _open_regular(target, f"{logical} of the index at {folder}", entry["bytes"]) as handle:
+        while block := handle.read(_HASH_BLOCK):
+            digest.update(block)
+            size += len(block)
     if size != entry["bytes"] or digest.hexdigest() != entry["sha256"]:
         raise IndexFormatError(f"{target} is truncated or damaged: checksum mismatch")
 
 
 def _read_verified(folder: Path, logical: str, entry: dict[str, Any]) -> bytes:
     target = folder / str(entry.get("file"))
-    try:
-        blob = target.read_bytes()
-    except OSError as error:
-        raise IndexFormatError(f"{logical} of the index at {folder} is missing: {error}") from None
+    with _open_regular(target, f"{logical} of the index at {folder}", entry["bytes"]) as handle:
+        blob = handle.read(entry["bytes"] + 1)
     if len(blob) != entry.get("bytes") or hashlib.sha256(blob).hexdigest() != entry.get("sha256"):
         raise IndexFormatError(f"{target} is truncated or damaged: checksum mismatch")
     return blob
+
+
+def _open_regular(path: Path, what: str, size: int | None = None, limit: int | None = None):
+    """``path`` opened for reading if it is a regular file (not a link, folder, pipe or
+    device) of ``size`` bytes (or at most ``limit``): checked on the open file itself."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(
+            os, "O_NONBLOCK", 0))
+    except OSError as error:
+        raise IndexFormatError(f"{what} is missing or cannot be opened: {error.strerror} "
+                               "(a link is never followed)") from None
+    info = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(info.st_mode):
+        problem = f"{path} is not a regular file (a folder, pipe or device)"
+    elif size is not None and info.st_size != size:
+        problem = (f"{path} is truncated or damaged: {info.st_size} bytes where the manifest "
+                   f"says {size}")
+    elif limit is not None and info.st_size > limit:
+        problem = f"{path} is {info.st_size} bytes, more than the {limit} a manifest may have"
+    if problem:
+        os.close(fd)
+        raise IndexFormatError(problem)
+    return os.fdopen(fd, "rb")
 
 
 def _digest_json(value: Any) -> str:

@@ -23,8 +23,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from .backbones import Backbone, get_backbone
+from .backbones import Backbone, saved_backbone
 from .config import IndexConfig
+from .decoder import Decoder
 from .persist import IndexFormatError, read_folder, write_folder
 from .snapshot import NO_IDS, Snapshot, with_fresh
 from .store import VectorStore
@@ -62,16 +63,22 @@ def write_index(path: str | os.PathLike, saved: Saved) -> None:
     write_folder(path, body, tensors, arrays)
 
 
-def read_index(path: str | os.PathLike, mmap: bool = False) -> Saved:
+def read_index(path: str | os.PathLike, mmap: bool = False,
+               backbone: Backbone | None = None) -> Saved:
     """The index saved at ``path``; ``mmap`` maps its code table and vectors from disk.
 
-    Raises :class:`IndexFormatError` for anything missing, damaged or inconsistent.
+    ``backbone``: the caller's instead of the one the file names (a frozen
+    backbone only: an end-to-end index holds its fine-tuned one). Raises
+    :class:`IndexFormatError` for anything missing, damaged or inconsistent.
     """
     body, tensors, arrays = read_folder(path, mmap=("codes", "vectors") if mmap else ())
+    if backbone is not None:
+        _check_given(body, backbone)
     try:
         config = IndexConfig.from_dict(body["config"])
         tokenizer, decoder = _models(body, config, tensors)
-        backbone = _backbone(body.get("backbone"), config, tokenizer, tensors)
+        if backbone is None:
+            backbone = _backbone(body.get("backbone"), config, tokenizer, tensors)
         snapshot, next_id = _snapshot(body, arrays, tokenizer, decoder, config.store_vectors)
         return Saved(body["d"], config, backbone, snapshot, next_id,
                      int(body.get("refreshes", 0)))
@@ -82,11 +89,29 @@ def read_index(path: str | os.PathLike, mmap: bool = False) -> Saved:
         raise IndexFormatError(f"{path} does not hold a consistent index: {error}") from None
 
 
+def _check_given(body: dict[str, Any], backbone: Backbone) -> None:
+    """Refuse a caller's backbone that cannot stand for the saved one."""
+    config = body.get("config")
+    if body.get("backbone") is None:
+        raise ValueError("backbone=: this index was built on vectors, without a backbone")
+    if isinstance(config, dict) and config.get("end_to_end") is True:
+        raise ValueError("backbone=: an end-to-end index holds its fine-tuned backbone; "
+                         "load it without backbone=")
+    if backbone.feature_dim != body.get("d"):
+        raise ValueError(f"backbone=: its features have {backbone.feature_dim} dimensions, "
+                         f"the index {body.get('d')!r}")
+
+
 def _models(body: dict[str, Any], config: IndexConfig,
             tensors: dict[str, torch.Tensor]) -> tuple[SemanticTokenizer, torch.nn.Module]:
-    """The tokenizer and decoder of a saved index, with its weights loaded."""
+    """The tokenizer and decoder of a saved index, with its weights loaded.
+
+    Nothing is allocated before :func:`_check_sizes` has matched every size the
+    manifest gives against the tensors the file holds.
+    """
     spec = body.get("backbone")
-    encoder = get_backbone(spec, weights=False) if spec is not None and config.end_to_end \
+    _check_sizes(body, config, tensors)
+    encoder = saved_backbone(spec, weights=False) if spec is not None and config.end_to_end \
         else None
     tokenizer = SemanticTokenizer(body["d"], config.tokenizer, body["num_classes"],
                                   body["codebook_size"], encoder)
@@ -98,6 +123,40 @@ def _models(body: dict[str, Any], config: IndexConfig,
     return tokenizer, decoder
 
 
+def _check_sizes(body: dict[str, Any], config: IndexConfig,
+                 tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse a manifest whose model sizes are not those of the tensors in the file.
+
+    The decoder's depth is counted from the tensor names; every other size is
+    compared on models built on the ``meta`` device, which allocates nothing.
+    A backbone (its tensors under ``encoder.`` and ``memory.``) is built from
+    its name, so its size is the library's, not the file's.
+    """
+    depth = {int(name.split(".")[2]) for name in tensors
+             if name.startswith("decoder.blocks.") and name.split(".")[2].isdigit()}
+    if depth != set(range(config.decoder.n_layer)):
+        raise IndexFormatError(f"the config's decoder has {config.decoder.n_layer} blocks but "
+                               f"the file holds weights for {len(depth)}")
+    d, num_classes, size = body["d"], body["num_classes"], body["codebook_size"]
+    for name, value in (("d", d), ("codebook_size", size), ("num_classes", num_classes)):
+        if (value is not None or name != "num_classes") and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise IndexFormatError(f"{name}={value!r} is not a positive integer")
+    with torch.device("meta"):
+        tokenizer = SemanticTokenizer(d, config.tokenizer, num_classes, size)
+        decoder = Decoder.for_vectors(config.decoder, size, config.tokenizer.num_codebooks, d)
+    backbone_parts = ("tokenizer.encoder.", "decoder.memory.") if config.end_to_end else ()
+    for prefix, module in (("tokenizer.", tokenizer), ("decoder.", decoder)):
+        expected = {prefix + k: tuple(v.shape) for k, v in module.state_dict().items()
+                    if not (prefix + k).startswith(backbone_parts)}
+        present = {k: tuple(v.shape) for k, v in tensors.items()
+                   if k.startswith(prefix) and not k.startswith(backbone_parts)}
+        if expected != present:
+            wrong = sorted(set(expected.items()) ^ set(present.items()))[:3]
+            raise IndexFormatError(f"the manifest's model sizes do not match the tensors in "
+                                   f"the file (first differences: {wrong})")
+
+
 def _backbone(spec: dict | None, config: IndexConfig, tokenizer: SemanticTokenizer,
               tensors: dict[str, torch.Tensor]) -> Backbone | None:
     """The backbone of a saved index: the fine-tuned encoder end to end, else by name."""
@@ -106,7 +165,7 @@ def _backbone(spec: dict | None, config: IndexConfig, tokenizer: SemanticTokeniz
     if config.end_to_end:
         return copy.deepcopy(tokenizer.encoder)
     weights = {k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")}
-    backbone = get_backbone(spec, weights=not weights)
+    backbone = saved_backbone(spec, weights=not weights)
     if weights:
         backbone.load_state_dict(weights, strict=True)
     return backbone.eval()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from genindex import GenerativeIndex
+from genindex import GenerativeIndex, IndexFormatError
 from genindex import extract as extract_module
-from genindex.backbones import BackboneUnavailable, get_backbone
+from genindex.backbones import BackboneUnavailable, get_backbone, saved_backbone
 from genindex.cache import FeatureCache
 from genindex.extract import extract_features
 
@@ -159,12 +160,12 @@ def test_efficientnet_lite0_global_feature_is_the_root_of_the_mean_and_old_specs
     torch.testing.assert_close(out.global_feature, mean.clamp_min(1e-6).sqrt())
     # a spec saved before the square root was added means the plain mean
     old = {k: v for k, v in backbone.spec().items() if k != "pooling"}
-    rebuilt = get_backbone(old).eval()
+    rebuilt = saved_backbone(old).eval()
     assert rebuilt.spec()["pooling"] == "mean" and rebuilt.cache_key() != backbone.cache_key()
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(pixels).global_feature, mean)
     with pytest.raises(ValueError, match="pooling must be one of"):
-        get_backbone({**old, "pooling": "max"})
+        saved_backbone({**old, "pooling": "max"})
 
 
 def test_open_clip_without_weights_offline_fails_fast_and_says_what_to_do(tmp_path):
@@ -210,3 +211,68 @@ def test_ft_baseline_on_frozen_features_and_fully_fine_tuned(tiny_vit, images):
     assert full.embed(paths[:3]).shape == (3, 8)
     tuned = dict(full.model.backbone.named_parameters())
     assert any(not torch.equal(p, tuned[k]) for k, p in tiny_vit.named_parameters())
+
+
+def _refuse_unpickling(monkeypatch):
+    import pickle
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("something was unpickled")
+
+    for module, name in ((pickle, "load"), (pickle, "loads"), (torch, "load")):
+        monkeypatch.setattr(module, name, refuse)
+
+
+def test_saving_and_loading_unpickles_nothing_vectors_and_end_to_end_images(
+        tiny_vit, images, data, tmp_path, monkeypatch):
+    paths, labels = images
+    e2e = GenerativeIndex.fit(paths[:30], labels[:30], TINY.replace(end_to_end=True),
+                              backbone=tiny_vit, progress=False)
+    vectors = GenerativeIndex.fit(*data, TINY, progress=False)
+    _refuse_unpickling(monkeypatch)
+    for index, queries, name in ((vectors, data[0][:5], "v"), (e2e, paths[30:35], "e")):
+        index.save(tmp_path / name)
+        loaded = GenerativeIndex.load(tmp_path / name, cache=False)
+        np.testing.assert_array_equal(loaded.search(queries, 4).ids, index.search(queries, 4).ids)
+
+
+def test_a_file_that_names_a_weights_path_is_refused_without_opening_it(tiny_vit, images,
+                                                                        tmp_path, monkeypatch):
+    import hashlib
+
+    from safetensors.torch import load as load_tensors
+    from safetensors.torch import save as save_tensors
+
+    from genindex.persist import MANIFEST, _digest_json
+
+    paths, labels = images
+    index = GenerativeIndex.fit(paths[:30], labels[:30], TINY, backbone=tiny_vit,
+                                cache=False, progress=False)
+    index.save(tmp_path / "ix")
+    bait = tmp_path / "weights.bin"
+    bait.write_bytes(b"not for loading")
+    manifest = json.loads((tmp_path / "ix" / MANIFEST).read_text())
+    manifest["body"]["backbone"]["pretrained"] = str(bait)  # re-signed: checksums are unkeyed
+    entry = manifest["body"]["files"]["weights.safetensors"]  # and no backbone weights:
+    tensors = load_tensors((tmp_path / "ix" / entry["file"]).read_bytes())  # they would
+    blob = save_tensors({k: v for k, v in tensors.items() if not k.startswith("backbone.")})
+    digest = hashlib.sha256(blob).hexdigest()  # have to come from that path
+    entry.update(file=f"weights.{digest[:16]}.safetensors", sha256=digest, bytes=len(blob))
+    (tmp_path / "ix" / entry["file"]).write_bytes(blob)
+    manifest["sha256"] = _digest_json(manifest["body"])
+    (tmp_path / "ix" / MANIFEST).write_text(json.dumps(manifest))
+    opened = []
+    sys.addaudithook(lambda event, args: event == "open" and args and str(args[0]) == str(bait)
+                     and opened.append(args))
+    _refuse_unpickling(monkeypatch)
+    with pytest.raises(IndexFormatError, match="never read from a path an index names"):
+        GenerativeIndex.load(tmp_path / "ix")
+    assert not opened
+    # the caller can supply the backbone instead
+    loaded = GenerativeIndex.load(tmp_path / "ix", backbone=tiny_vit, cache=False)
+    np.testing.assert_array_equal(loaded.search(paths[30:35], 4).ids,
+                                  index.search(paths[30:35], 4).ids)
+    assert not opened
+    with pytest.raises(ValueError, match="built on vectors, without a backbone"):
+        GenerativeIndex.fit(np.eye(8, dtype=np.float32), None, TINY, progress=False).save(
+            tmp_path / "v") or GenerativeIndex.load(tmp_path / "v", backbone=tiny_vit)

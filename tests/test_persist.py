@@ -211,14 +211,22 @@ def _set(array, index, value):
     ({"fresh_ids": lambda a: np.array([12345])}, None, "fresh ids"),
     (None, {"next_id": 5}, "next_id"),
     (None, {"next_id": "200"}, "next_id"),
-    (None, {"d": 3}, "consistent index"),
-    (None, {"codebook_size": 8}, "consistent index"),
+    (None, {"d": 3}, "model sizes do not match the tensors"),
+    (None, {"d": 10**7}, "model sizes do not match the tensors"),  # before any allocation
+    (None, {"codebook_size": 8}, "model sizes do not match the tensors"),
+    (None, {"codebook_size": 10**9}, "model sizes do not match the tensors"),
+    (None, {"config": lambda b: b["config"]["decoder"].update(n_layer=10**5)},
+     "decoder has 100000 blocks but the file holds weights for 1"),
+    (None, {"config": lambda b: b["config"]["decoder"].update(n_embd=2**20, n_head=1)},
+     "model sizes do not match the tensors"),
+    (None, {"num_classes": "many"}, "num_classes='many' is not a positive integer"),
     (None, {"config": {"bogus": 1}}, "consistent index"),
     (None, {"format_version": 0}, "no valid format_version"),
     (None, {"format_version": True}, "no valid format_version"),
     (None, {"files": lambda b: b["files"]["ids.npy"].update(file="../../ids.npy")},
      "invalid file entry"),
-    (None, {"files": lambda b: b["files"].pop("weights.safetensors")}, "consistent index"),
+    (None, {"files": lambda b: b["files"].pop("weights.safetensors")},
+     "the file holds weights for 0"),
 ])
 def test_consistently_signed_but_wrong_contents_are_refused(trained, tmp_path, arrays, body,
                                                            message):
@@ -326,3 +334,23 @@ def test_saving_into_an_index_folder_keeps_other_files(trained, tmp_path):
     assert (path / "README.txt").read_text() == "notes"
     assert (path / "features.npy").read_bytes() == b"not ours"
     GenerativeIndex.load(path)
+
+
+@pytest.mark.parametrize("swap", ["symlink to /dev/zero", "fifo", "folder", "manifest link"])
+def test_links_pipes_and_devices_in_an_index_are_refused_not_followed(trained, tmp_path, swap):
+    import os
+
+    path = saved(trained, tmp_path)
+    victim = next(p for p in path.iterdir() if p.name.startswith("vectors."))
+    if swap == "manifest link":
+        victim = path / MANIFEST
+        (tmp_path / "elsewhere.json").write_bytes(victim.read_bytes())
+        victim.unlink()
+        victim.symlink_to(tmp_path / "elsewhere.json")
+    else:
+        victim.unlink()
+        {"symlink to /dev/zero": lambda: victim.symlink_to("/dev/zero"),
+         "fifo": lambda: os.mkfifo(victim), "folder": victim.mkdir}[swap]()
+    for mmap in (False, True):  # a FIFO would hang an open without O_NONBLOCK
+        with pytest.raises(IndexFormatError, match="regular file|link is never followed"):
+            GenerativeIndex.load(path, mmap=mmap)
