@@ -354,3 +354,18 @@ def test_links_pipes_and_devices_in_an_index_are_refused_not_followed(trained, t
     for mmap in (False, True):  # a FIFO would hang an open without O_NONBLOCK
         with pytest.raises(IndexFormatError, match="regular file|link is never followed"):
             GenerativeIndex.load(path, mmap=mmap)
+
+
+@pytest.mark.parametrize("text", [
+    "[" * 100_000 + "]" * 100_000,  # json's recursion limit
+    '{"body": ' * 50_000 + "1" + "}" * 50_000,
+    None,  # a body with Infinity in it, consistently signed
+])
+def test_deep_nesting_and_infinities_in_a_manifest_are_format_errors(trained, tmp_path, text):
+    path = saved(trained, tmp_path)
+    if text is None:
+        resign(path, None, {"refreshes": float("inf"), "next_id": float("inf")})
+    else:
+        (path / MANIFEST).write_text(text)
+    with pytest.raises(IndexFormatError):
+        GenerativeIndex.load(path)
