@@ -1,0 +1,201 @@
+"""One file of named arrays and a JSON body, safetensors-compatible, read without trust.
+
+The layout is safetensors': an 8-byte little-endian header length ``N``, a
+JSON header of ``N`` bytes (padded with spaces to a multiple of 8) that gives
+every array's dtype, shape and byte range, then the arrays' bytes, back to
+back. The body is a JSON object kept in the header's ``__metadata__`` under
+``"genindex"``, with the SHA-256 of every array's bytes under ``"sha256"``;
+``"genindex_sha256"`` is the SHA-256 of the rest of the header. The checksums
+catch damage; they are not keyed, so they prove nothing about who wrote it.
+Any safetensors reader can open the file; nothing in it is code.
+
+:func:`write` puts the file in place atomically: it writes a temporary file
+beside the target, syncs it, and moves it over the target with one
+``os.replace``. A reader sees the old file or the new one, and any number of
+concurrent writers leave one complete file: the last rename wins.
+
+:func:`read` trusts nothing in the file. It is opened without following
+links and without blocking, and must be a regular file. The header must be
+at most :data:`HEADER_LIMIT` bytes, its arrays of known dtypes, and their
+byte ranges must tile the rest of the file exactly, each range's size that
+of its shape: every size is checked against the file's before anything is
+allocated. Every array's checksum is verified. Arrays named in ``mmap`` are
+mapped copy-on-write from the file that was checked (through its open
+descriptor, never by path again): a file replaced afterwards does not affect
+them (the old inode lives on). A file truncated in place after mapping
+cannot be detected: reading the lost pages kills the process with SIGBUS, so
+never truncate or rewrite an index file in place; replace it, as
+:func:`write` does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import struct
+import uuid
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .persist import IndexFormatError, _open_regular, _sync_dir
+
+HEADER_LIMIT = 1 << 24  # bytes of JSON header; a header is a few kB
+KEY = "genindex"
+DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
+          "I32": np.int32, "I16": np.int16, "I8": np.int8, "U64": np.uint64,
+          "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_}
+_NAMES = {np.dtype(v): k for k, v in DTYPES.items()}
+_BLOCK = 1 << 22
+_MAX_DIMS = 8
+
+
+def write(path: str | os.PathLike, body: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """Write ``body`` and ``arrays`` to the file ``path``, atomically (module doc)."""
+    target = Path(path)
+    arrays = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+    for name, array in arrays.items():
+        if array.dtype not in _NAMES or array.ndim > _MAX_DIMS:
+            raise ValueError(f"array {name!r}: dtype {array.dtype} of {array.ndim} dimensions "
+                             "cannot be stored")
+    # widest items first: with an 8-byte aligned header every array stays aligned
+    order = sorted(arrays, key=lambda name: (-arrays[name].dtype.itemsize, name))
+    body = {**body, "sha256": {name: _digest(arrays[name]) for name in order}}
+    header, offset = {"__metadata__": {KEY: json.dumps(body, allow_nan=False)}}, 0
+    for name in order:
+        array = arrays[name]
+        header[name] = {"dtype": _NAMES[array.dtype], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+    header["__metadata__"][KEY + "_sha256"] = _header_digest(header)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    staging = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(staging, "wb") as handle:
+            handle.write(struct.pack("<Q", len(text)) + text)
+            for name in order:
+                handle.write(_bytes(arrays[name]))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(staging, target)
+    finally:
+        staging.unlink(missing_ok=True)
+    _sync_dir(target.parent)
+
+
+def read(path: str | os.PathLike, mmap: Collection[str] = ()
+         ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``(body, arrays)`` of a file :func:`write` wrote, every byte checked (module doc);
+    the arrays named in ``mmap`` are mapped from the file, not read."""
+    with _open_regular(Path(path), f"the index file {path}") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        body, layout, start = _header(handle, size, path)
+        arrays = {}
+        for name, (dtype, shape, begin, end) in layout.items():
+            handle.seek(start + begin)
+            if name in mmap:
+                _check_digest(handle, end - begin, body["sha256"].get(name), name, path)
+                arrays[name] = np.memmap(handle, dtype=dtype, mode="c", offset=start + begin,
+                                         shape=shape) if end > begin else np.zeros(shape, dtype)
+                continue
+            data = bytearray(end - begin)
+            if handle.readinto(data) != len(data):
+                raise IndexFormatError(f"{path} is truncated: array {name!r} is cut short")
+            if hashlib.sha256(data).hexdigest() != body["sha256"].get(name):
+                raise IndexFormatError(f"{path} is damaged: array {name!r} fails its checksum")
+            arrays[name] = np.frombuffer(data, dtype=dtype).reshape(shape)
+    return body, arrays
+
+
+def is_index_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a regular file whose header is a genindex index's."""
+    try:
+        with _open_regular(Path(path), str(path)) as handle:
+            _header(handle, os.fstat(handle.fileno()).st_size, path)
+        return True
+    except IndexFormatError:
+        return False
+
+
+def _header(handle, size: int, path) -> tuple[dict[str, Any], dict[str, tuple], int]:
+    """The body, each array's ``(dtype, shape, begin, end)`` and where the data starts."""
+    if size < 8:
+        raise IndexFormatError(f"{path} is not a genindex index file: {size} bytes")
+    (length,) = struct.unpack("<Q", handle.read(8))
+    if length > min(HEADER_LIMIT, size - 8):
+        raise IndexFormatError(f"{path} is not a genindex index file, or is truncated: "
+                               f"its header claims {length} bytes")
+    try:
+        header = json.loads(handle.read(length).decode("utf-8"))
+        signed = header["__metadata__"].pop(KEY + "_sha256")
+        damaged = signed != _header_digest(header)
+        body = json.loads(header["__metadata__"][KEY])
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
+        raise IndexFormatError(f"{path} is not a genindex index file: {type(error).__name__}: "
+                               f"{error}") from None
+    if damaged:
+        raise IndexFormatError(f"{path} is damaged: its header fails its checksum")
+    if not isinstance(body, dict) or not isinstance(body.get("sha256"), dict):
+        raise IndexFormatError(f"{path} is damaged: its body is not an object with checksums")
+    layout = {name: _entry(name, entry, path) for name, entry in header.items()
+              if name != "__metadata__"}
+    end = 0
+    for name, (_, _, begin, stop) in sorted(layout.items(), key=lambda item: item[1][2]):
+        if begin != end:
+            raise IndexFormatError(f"{path} is damaged: array {name!r} does not start where "
+                                   "the one before it ends")
+        end = stop
+    if end != size - 8 - length:
+        raise IndexFormatError(f"{path} is truncated or damaged: its arrays take {end} bytes, "
+                               f"the file holds {size - 8 - length}")
+    if set(body["sha256"]) != set(layout):
+        raise IndexFormatError(f"{path} is damaged: the checksums do not name its arrays")
+    return body, layout, 8 + length
+
+
+def _entry(name: str, entry: Any, path) -> tuple[np.dtype, tuple[int, ...], int, int]:
+    """One array's header entry, checked: known dtype, sane shape, consistent size."""
+    try:
+        dtype = np.dtype(DTYPES[entry["dtype"]])
+        shape = tuple(entry["shape"])
+        begin, end = entry["data_offsets"]
+        numbers = (*shape, begin, end)
+        if len(shape) > _MAX_DIMS or not all(type(v) is int and v >= 0 for v in numbers):
+            raise ValueError("shape and offsets must be non-negative integers")
+        if end - begin != math.prod(shape) * dtype.itemsize:
+            raise ValueError(f"{end - begin} bytes for shape {shape} of {dtype}")
+    except (KeyError, TypeError, ValueError) as error:
+        raise IndexFormatError(f"{path} is damaged: array {name!r}: {error}") from None
+    return dtype, shape, begin, end
+
+
+def _check_digest(handle, nbytes: int, expected: Any, name: str, path) -> None:
+    digest, left = hashlib.sha256(), nbytes
+    while left:
+        block = handle.read(min(_BLOCK, left))
+        if not block:
+            raise IndexFormatError(f"{path} is truncated: array {name!r} is cut short")
+        digest.update(block)
+        left -= len(block)
+    if digest.hexdigest() != expected:
+        raise IndexFormatError(f"{path} is damaged: array {name!r} fails its checksum")
+
+
+def _header_digest(header: dict[str, Any]) -> str:
+    """SHA-256 of the header (without its own digest), in one canonical spelling."""
+    return hashlib.sha256(json.dumps(header, sort_keys=True, separators=(",", ":"))
+                          .encode()).hexdigest()
+
+
+def _bytes(array: np.ndarray) -> np.ndarray:
+    """The bytes of a C-contiguous array, as a flat uint8 view (no copy)."""
+    return array.reshape(-1).view(np.uint8)
+
+
+def _digest(array: np.ndarray) -> str:
+    return hashlib.sha256(_bytes(array)).hexdigest()
