@@ -84,10 +84,7 @@ def list_images(folder: str, option: str = "--images") -> list[Path]:
     """The images under ``folder``, recursively, sorted (as genindex.images does)."""
     if not Path(folder).is_dir():
         raise ValueError(f"{option} {folder}: not a folder")
-    try:
-        return image_files(Path(folder))
-    except ValueError as error:
-        raise ValueError(f"{option} {folder}: {error}") from None
+    return image_files(Path(folder))
 
 
 def read_items(vectors: str | None, images: str | None, labels: str | None,
@@ -155,8 +152,6 @@ def check_out(out: str, force: bool) -> None:
     """Refuse to write an index over a file, over a non-empty folder without --force, or
     where a save would fail: checked before any work."""
     path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"--out {out}: exists and is not a folder")
     if path.is_dir() and any(path.iterdir()) and not force:
         raise ValueError(f"--out {out}: the folder is not empty (pass --force to overwrite)")
     try:

@@ -47,10 +47,7 @@ def image_refs(images: Any) -> list[ImageRef]:
     if isinstance(images, (str, os.PathLike)):
         path = Path(images)
         if path.is_dir():
-            try:
-                return [_file_ref(p) for p in image_files(path)]
-            except ValueError as error:
-                raise ValueError(f"the folder {path} {error}") from None
+            return [_file_ref(p) for p in image_files(path)]
         return [_file_ref(path)]
     if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
         if len(images) == 0:
@@ -75,7 +72,7 @@ def image_files(folder: Path) -> list[Path]:
     """The image files under ``folder``, recursively, sorted (by :data:`IMAGE_SUFFIXES`)."""
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise ValueError(f"holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise ValueError(f"the folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     return files
 
 

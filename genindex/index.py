@@ -107,10 +107,10 @@ class GenerativeIndex:
         index.to(default_device() if device is None else device)
         inputs = index._inputs(x, progress)
         models = index._train(inputs, labels, progress)
+        vectors = models.vectors.float().cpu().numpy() if inputs.vectors is None else inputs.vectors
         with index._lock:  # the codes and vectors training computed: no second pass
-            index._state = index._state.insert(
-                models.codes.cpu().numpy(), models.vectors.float().cpu().numpy(),
-                np.arange(len(inputs.tensor), dtype=np.int64), fresh=False)
+            index._state = index._state.insert(models.codes.cpu().numpy(), vectors,
+                                               np.arange(len(vectors), dtype=np.int64), fresh=False)
             index._next_id = len(inputs.tensor)
         return index
 

@@ -60,8 +60,7 @@ class IndexFormatError(ValueError):
 def write_folder(path: str | os.PathLike, body: dict[str, Any],
                  tensors: dict[str, torch.Tensor], arrays: dict[str, np.ndarray]) -> None:
     """Write ``tensors`` (one safetensors file) and ``arrays`` (one .npy each) atomically."""
-    folder = _target_folder(Path(path))
-    previous = _named_files(folder)  # what the index being replaced holds
+    folder, previous = _target_folder(Path(path))  # previous: the replaced index's files
     blobs = {"weights.safetensors": save_tensors({k: v.detach().cpu().contiguous()
                                                   for k, v in tensors.items()})}
     for name, array in arrays.items():
@@ -148,16 +147,18 @@ def read_folder(path: str | os.PathLike, mmap: Collection[str] = ()
     return body, tensors, arrays
 
 
-def check_target(path: str | os.PathLike) -> Path:
+def check_target(path: str | os.PathLike) -> set[str]:
     """Refuse, naming the path, a save target that is not a folder, holds files but no
-    index, or cannot be created (a file in the way); nothing is created here."""
+    index, or cannot be created (a file in the way); nothing is created here. Returns
+    the data files of the index already there (none for a new or empty folder)."""
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"path {folder} exists and is not a folder")
-    if (folder / MANIFEST).exists() and not _is_index_manifest(folder / MANIFEST):
+    previous = _saved_files(folder)
+    if (folder / MANIFEST).exists() and previous is None:
         raise ValueError(f"path {folder} holds a {MANIFEST} that is not a genindex index's: "
                          "save into an empty or new folder, or one that holds a saved index")
-    if folder.is_dir() and not (folder / MANIFEST).is_file():
+    if folder.is_dir() and previous is None:
         foreign = [p.name for p in folder.iterdir()
                    if not (_STORED.fullmatch(p.name) or _STAGING.fullmatch(p.name))]
         if foreign:
@@ -169,38 +170,32 @@ def check_target(path: str | os.PathLike) -> Path:
         parent = parent.parent
     if not parent.is_dir():
         raise ValueError(f"path {folder}: cannot create the folder, {parent} is not a folder")
-    return folder
+    return previous or set()
 
 
-def _is_index_manifest(path: Path) -> bool:
-    """Whether ``path`` is a regular file holding a genindex manifest (of any version)."""
+def _saved_files(folder: Path) -> set[str] | None:
+    """The data files the genindex manifest in ``folder`` names; None where there is
+    no such manifest (none, or someone else's: a link, not JSON, another format)."""
     try:
-        if not path.is_file() or path.is_symlink() or path.stat().st_size > _MANIFEST_LIMIT:
-            return False
-        manifest = json.loads(path.read_bytes())
-        return manifest["body"]["format"] == FORMAT_NAME
-    except (OSError, ValueError, KeyError, TypeError, RecursionError):
-        return False
-
-
-def _named_files(folder: Path) -> set[str]:
-    """The data files the index saved in ``folder`` names (none if it holds no index)."""
-    try:
-        files = json.loads((folder / MANIFEST).read_bytes())["body"]["files"]
-        return {str(entry["file"]) for entry in files.values()
+        with _open_regular(folder / MANIFEST, MANIFEST, limit=_MANIFEST_LIMIT) as handle:
+            body = json.loads(handle.read(_MANIFEST_LIMIT + 1))["body"]
+        if body["format"] != FORMAT_NAME:
+            return None
+        return {str(entry["file"]) for entry in body["files"].values()
                 if _STORED.fullmatch(str(entry["file"]))}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
-        return set()
+    except (IndexFormatError, ValueError, KeyError, TypeError, AttributeError,
+            RecursionError):
+        return None
 
 
-def _target_folder(folder: Path) -> Path:
-    """``folder``, created if needed, after :func:`check_target`."""
-    check_target(folder)
+def _target_folder(folder: Path) -> tuple[Path, set[str]]:
+    """``folder``, created if needed, after :func:`check_target`, and what it returned."""
+    previous = check_target(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ValueError(f"path {folder}: cannot create the folder: {error.strerror}") from None
-    return folder
+    return folder, previous
 
 
 def _file_entries(body: dict[str, Any], manifest_path: Path) -> list[tuple[str, dict]]:

@@ -133,8 +133,8 @@ def refresh_decoder(decoder: Decoder, data: RefreshData, config: IndexConfig, *,
         while True:
             replayed = old[torch.randperm(len(old), generator=generator)[:num_replay]]
             targets = torch.cat([fresh, replayed])[torch.randperm(per_pass, generator=generator)]
-            yield (torch.stack([partners.sample(generator, batch).cpu(), batch], dim=1)
-                   for batch in targets.split(batch_size))
+            yield (torch.stack([partners.sample(generator, batch), batch.to(partners.device)],
+                               dim=1) for batch in targets.split(batch_size))
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
