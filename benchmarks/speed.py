@@ -95,16 +95,18 @@ def ivfpq(xb: np.ndarray, nlist: int):
 def index_bytes(index: GenerativeIndex) -> tuple[float, float]:
     """(bytes in memory for search: trie + codes + ids, bytes on disk that search reads).
 
-    On disk: the saved folder without its ``vectors``/``vector_ids`` files (what
+    On disk: the saved file without its ``vectors``/``vector_ids`` arrays (what
     an index built with ``IndexConfig(store_vectors=False)`` writes) and without
     ``fresh_ids`` (the ids added since training, which only ``refresh`` reads):
     the model, the codes and the ids.
     """
-    trie = index._state.trie  # noqa: SLF001 - the benchmark reads the live snapshot
+    state = index._state  # noqa: SLF001 - the benchmark reads the live snapshot
+    trie = state.trie
+    unread = state.fresh.nbytes + (0 if state.vectors is None else
+                                   state.vectors.ids.nbytes + state.vectors.vectors.nbytes)
     with tempfile.TemporaryDirectory() as folder:
-        index.save(folder)
-        disk = sum(p.stat().st_size for p in Path(folder).iterdir()
-                   if p.name.split(".")[0] not in ("vectors", "vector_ids", "fresh_ids"))
+        index.save(Path(folder) / "index.gidx")
+        disk = (Path(folder) / "index.gidx").stat().st_size - unread
     return trie.nbytes() / len(trie), disk / len(trie)
 
 

@@ -7,8 +7,8 @@
 
 from .checks import NotTrainedError
 from .config import DecoderConfig, IndexConfig, TokenizerConfig
+from .container import IndexFormatError
 from .index import GenerativeIndex, SearchResult
-from .persist import IndexFormatError
 from .refresh import RefreshHistory
 from .train import TrainHistory
 

@@ -235,8 +235,9 @@ def saved_backbone(spec: dict[str, Any], weights: bool = True) -> Backbone:
 
 def _is_tag(name: Any, tag: Any) -> bool:
     """Whether ``tag`` is one of open_clip's pretrained tags for model ``name``."""
-    if not isinstance(name, str) or not isinstance(tag, str):
-        return False
+    if not isinstance(name, str) or not isinstance(tag, str) or any(
+            mark in name + tag for mark in ("/", "\\", "~", "..")):
+        return False  # a path, told apart without importing open_clip
     open_clip = _import_open_clip()
     return name in open_clip.list_models() and tag in open_clip.list_pretrained_tags_by_model(
         name)

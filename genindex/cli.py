@@ -108,8 +108,8 @@ def _build_args(p: argparse.ArgumentParser) -> None:
                    "learns from nearest neighbours")
     p.add_argument("--labels-from-dirs", action="store_true",
                    help="with --images: an image's class is the name of its folder")
-    p.add_argument("--out", required=True, metavar="INDEX", help="folder to write the index to")
-    p.add_argument("--force", action="store_true", help="overwrite an index already at --out")
+    p.add_argument("--out", required=True, metavar="INDEX", help="the index file to write")
+    p.add_argument("--force", action="store_true", help="replace a file already at --out")
     p.add_argument("--config", metavar="CONFIG", help=f"a preset ({', '.join(PRESETS)}), "
                    "IndexConfig fields as inline JSON ('{\"decoder\": {\"n_layer\": 6}}') or "
                    "a JSON file")
@@ -123,7 +123,7 @@ def _build_args(p: argparse.ArgumentParser) -> None:
 
 
 def _search_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("index", metavar="INDEX", help="a saved index folder")
+    p.add_argument("index", metavar="INDEX", help="a saved index file")
     p.add_argument("queries", nargs="*", metavar="QUERY",
                    help="query image files or folders (their images, sorted)")
     p.add_argument("--vectors", metavar="Q.npy", help="query vectors (n, d) instead of images")
@@ -133,21 +133,24 @@ def _search_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("index", metavar="INDEX", help="a saved index folder")
+    p.add_argument("index", metavar="INDEX", help="a saved index file")
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files or folders to add")
     p.add_argument("--vectors", metavar="X.npy", help="vectors (n, d) to add instead of images")
     p.add_argument("--ids", metavar="IDS.npy", help="int64 ids of the new items "
                    "(default: after the largest id ever used)")
-    p.add_argument("--out", metavar="INDEX", help="write the result here (default: in place)")
+    p.add_argument("--out", metavar="INDEX", help="write the result to this file (default: "
+                   "in place)")
+    p.add_argument("--force", action="store_true", help="replace a file at --out that is "
+                   "not an index file")
     _image_args(p)
 
 
 def _info_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("index", metavar="INDEX", help="a saved index folder")
+    p.add_argument("index", metavar="INDEX", help="a saved index file")
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("index", metavar="INDEX", help="a saved index folder")
+    p.add_argument("index", metavar="INDEX", help="a saved index file")
     _source_args(p, "the queries")
     labels = p.add_mutually_exclusive_group(required=True)
     labels.add_argument("--labels", metavar="FILE",
@@ -190,7 +193,7 @@ def _build(args: argparse.Namespace) -> int:
     if args.images is None and (args.end_to_end or args.labels_from_dirs):
         raise ValueError("--end-to-end and --labels-from-dirs need --images")
     config = config.replace(end_to_end=True) if args.end_to_end else config
-    check_out(args.out, args.force)
+    check_out(args.out, args.force, fresh=True)
     items = read_items(args.vectors, args.images, args.labels, args.labels_from_dirs)
     if items.labels is not None:
         checks.as_labels(items.labels, len(items.data))  # refuse bad labels before any work
@@ -210,7 +213,7 @@ def _build(args: argparse.Namespace) -> int:
     history = index.train(items.data, items.labels, progress=progress)
     if distributed.is_main():
         index.add(items.data, progress=progress)
-        index.save(args.out)
+        index.save(args.out, overwrite=args.force)
     summary = {"index": str(args.out), "ntotal": index.ntotal, "d": index.d,
                "world_size": distributed.world_size(), "device": str(device),
                "seconds": round(time.perf_counter() - started, 3),
@@ -249,6 +252,8 @@ def _search(args: argparse.Namespace) -> int:
 def _add(args: argparse.Namespace) -> int:
     if bool(args.images) == bool(args.vectors):
         raise ValueError("give image files or folders, or --vectors X.npy (one of them)")
+    out = args.out or args.index
+    check_out(out, args.force, fresh=False)
     index = _load(args)
     items: Any = read_vectors(args.vectors) if args.vectors else expand_images(args.images)
     before = index.ntotal
@@ -256,8 +261,7 @@ def _add(args: argparse.Namespace) -> int:
         index.add_with_ids(items, read_ids(args.ids), progress=_progress(args))
     else:
         index.add(items, progress=_progress(args))
-    out = args.out or args.index
-    index.save(out)
+    index.save(out, overwrite=args.force)
     _emit(args, {"index": str(out), "added": index.ntotal - before, "ntotal": index.ntotal},
           f"added {index.ntotal - before} items to {out}: {index.ntotal} in all")
     return 0
@@ -265,7 +269,8 @@ def _add(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     index = _load(args, mmap=True)
-    files = [p for p in Path(args.index).iterdir() if p.is_file()]
+    path = Path(args.index)
+    files = [p for p in path.iterdir() if p.is_file()] if path.is_dir() else [path]
     info = {"index": str(args.index), **index.describe(),
             "disk_bytes": sum(p.stat().st_size for p in files)}
     if args.json:

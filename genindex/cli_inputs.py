@@ -25,8 +25,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .config import PRESETS, IndexConfig
+from .container import check_target
 from .images import image_files
-from .persist import check_target
 
 _PATH_COLUMNS = ("path", "file", "image", "filename")
 
@@ -148,16 +148,18 @@ def expand_images(values: list[str]) -> list[Path]:
     return paths
 
 
-def check_out(out: str, force: bool) -> None:
-    """Refuse to write an index over a file, over a non-empty folder without --force, or
-    where a save would fail: checked before any work."""
+def check_out(out: str, force: bool, fresh: bool) -> None:
+    """Refuse, before any work, an --out where the save would fail or would replace a
+    file without --force: any file when ``fresh`` (build), else one that is not an
+    index file (add); never a folder."""
     path = Path(out)
-    if path.is_dir() and any(path.iterdir()) and not force:
-        raise ValueError(f"--out {out}: the folder is not empty (pass --force to overwrite)")
+    if fresh and not force and path.is_file():
+        raise ValueError(f"--out {out}: the file exists (pass --force to replace it)")
     try:
-        check_target(path)
+        check_target(path, overwrite=force)
     except ValueError as error:
-        raise ValueError(f"--out {out}: {error}") from None
+        raise ValueError(f"--out {out}: {error}".replace("overwrite=True (CLI: --force)",
+                                                        "--force")) from None
 
 
 def label_kind(labels: np.ndarray) -> str:

@@ -1,4 +1,4 @@
-"""One file of named arrays and a JSON body, safetensors-compatible, read without trust.
+"""The index file (format version 2): named arrays and a JSON body in one file.
 
 The layout is safetensors': an 8-byte little-endian header length ``N``, a
 JSON header of ``N`` bytes (padded with spaces to a multiple of 8) that gives
@@ -10,30 +10,47 @@ catch damage; they are not keyed, so they prove nothing about who wrote it.
 Any safetensors reader can open the file; nothing in it is code.
 
 :func:`write` puts the file in place atomically: it writes a temporary file
-beside the target, syncs it, and moves it over the target with one
-``os.replace``. A reader sees the old file or the new one, and any number of
-concurrent writers leave one complete file: the last rename wins.
+beside the target (``.NAME.<random>.tmp``), syncs it, and moves it over the
+target with one ``os.replace``. A reader sees the old file or the new one,
+and any number of concurrent writers leave one complete file: the last
+rename wins. A writer killed before its rename leaves the target as it was
+and its temporary file behind (safe to delete). :func:`check_target` refuses
+a target that is a folder, or an existing file that is not an index file
+unless told to overwrite it; nothing else is ever deleted or written.
 
 :func:`read` trusts nothing in the file. It is opened without following
 links and without blocking, and must be a regular file. The header must be
 at most :data:`HEADER_LIMIT` bytes, its arrays of known dtypes, and their
 byte ranges must tile the rest of the file exactly, each range's size that
 of its shape: every size is checked against the file's before anything is
-allocated. Every array's checksum is verified. Arrays named in ``mmap`` are
-mapped copy-on-write from the file that was checked (through its open
-descriptor, never by path again): a file replaced afterwards does not affect
-them (the old inode lives on). A file truncated in place after mapping
-cannot be detected: reading the lost pages kills the process with SIGBUS, so
-never truncate or rewrite an index file in place; replace it, as
-:func:`write` does.
+allocated. Every array's checksum is verified.
+
+Arrays named in ``mmap`` are mapped copy-on-write from the file that was
+checked (through its open descriptor, never by path again) as
+:class:`MappedArray`, which remembers their checksum:
+
+* a file *replaced* afterwards (what :func:`write` does) does not affect
+  them: the mapping keeps the old inode alive;
+* a file *rewritten in place* can change what they hold without notice;
+  :func:`write` refuses to save such an array, since its bytes no longer
+  match the checksum they were loaded with;
+* a file *truncated in place* (``cp`` over it, ``truncate``) cannot be
+  detected: reading a lost page raises SIGBUS, which no Python code can catch.
+  :func:`read` turns on :mod:`faulthandler` when it maps, so such a death
+  prints "Fatal Python error: Bus error" and the Python stack instead of
+  dying silently. Replace index files (``mv``, ``os.replace``); never copy
+  over or truncate one that a process has mapped.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import hashlib
 import json
+import logging
 import math
 import os
+import stat
 import struct
 import uuid
 from collections.abc import Collection
@@ -42,8 +59,10 @@ from typing import Any
 
 import numpy as np
 
-from .persist import IndexFormatError, _open_regular, _sync_dir
+log = logging.getLogger(__name__)
 
+FORMAT_NAME = "genindex"
+FORMAT_VERSION = 2
 HEADER_LIMIT = 1 << 24  # bytes of JSON header; a header is a few kB
 KEY = "genindex"
 DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
@@ -54,30 +73,42 @@ _BLOCK = 1 << 22
 _MAX_DIMS = 8
 
 
-def write(path: str | os.PathLike, body: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-    """Write ``body`` and ``arrays`` to the file ``path``, atomically (module doc)."""
-    target = Path(path)
+class IndexFormatError(ValueError):
+    """A saved index is missing, damaged, tampered with or from a newer version."""
+
+
+class MappedArray(np.memmap):
+    """An array mapped from an index file; ``sha256``: its bytes' checksum when mapped."""
+
+    sha256 = ""
+
+
+def write(path: str | os.PathLike, body: dict[str, Any], arrays: dict[str, np.ndarray],
+          overwrite: bool = False) -> None:
+    """Write ``body`` and ``arrays`` to the file ``path``, atomically (module doc).
+
+    ``overwrite``: replace a file at ``path`` that is not an index file too.
+    """
+    target = check_target(path, overwrite)
+    mapped = {name: a.sha256 for name, a in arrays.items() if isinstance(a, MappedArray)}
     arrays = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
     for name, array in arrays.items():
         if array.dtype not in _NAMES or array.ndim > _MAX_DIMS:
             raise ValueError(f"array {name!r}: dtype {array.dtype} of {array.ndim} dimensions "
                              "cannot be stored")
-    # widest items first: with an 8-byte aligned header every array stays aligned
-    order = sorted(arrays, key=lambda name: (-arrays[name].dtype.itemsize, name))
-    body = {**body, "sha256": {name: _digest(arrays[name]) for name in order}}
-    header, offset = {"__metadata__": {KEY: json.dumps(body, allow_nan=False)}}, 0
-    for name in order:
-        array = arrays[name]
-        header[name] = {"dtype": _NAMES[array.dtype], "shape": list(array.shape),
-                        "data_offsets": [offset, offset + array.nbytes]}
-        offset += array.nbytes
-    header["__metadata__"][KEY + "_sha256"] = _header_digest(header)
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
+    digests = {name: _digest(array) for name, array in arrays.items()}
+    for name, expected in mapped.items():
+        if expected and digests[name] != expected:
+            raise IndexFormatError(f"array {name!r} is mapped from a file that was rewritten "
+                                   "in place since it was loaded: its bytes no longer match "
+                                   "their checksum, so they are not saved")
+    order, text = _header_bytes({"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+                                 **body, "sha256": digests}, arrays)
+    target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
     try:
         with open(staging, "wb") as handle:
-            handle.write(struct.pack("<Q", len(text)) + text)
+            handle.write(text)
             for name in order:
                 handle.write(_bytes(arrays[name]))
             handle.flush()
@@ -88,28 +119,80 @@ def write(path: str | os.PathLike, body: dict[str, Any], arrays: dict[str, np.nd
     _sync_dir(target.parent)
 
 
+def check_target(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """``path`` as a Path once it is known that :func:`write` may put a file there:
+    not a folder, not an existing file other than an index file (unless
+    ``overwrite``), and its folder a folder or creatable. Nothing is created here."""
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"path {target} is a folder: an index is saved as one file (a "
+                         "folder saved by genindex 0.1 loads read-only: load it and save it "
+                         "to a file path)")
+    if os.path.lexists(target) and not overwrite and not is_index_file(target):
+        raise ValueError(f"path {target} exists and is not a genindex index file: choose "
+                         "another path, or pass overwrite=True (CLI: --force) to replace it")
+    parent = target.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"path {target}: cannot create its folder, {parent} is not a folder")
+    return target
+
+
+def _header_bytes(body: dict[str, Any], arrays: dict[str, np.ndarray]
+                  ) -> tuple[list[str], bytes]:
+    """The arrays' order in the file and the file's first bytes (length and header)."""
+    # widest items first: with an 8-byte aligned header every array stays aligned
+    order = sorted(arrays, key=lambda name: (-arrays[name].dtype.itemsize, name))
+    header, offset = {"__metadata__": {KEY: json.dumps(body, allow_nan=False)}}, 0
+    for name in order:
+        array = arrays[name]
+        header[name] = {"dtype": _NAMES[array.dtype], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+    header["__metadata__"][KEY + "_sha256"] = _header_digest(header)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return order, struct.pack("<Q", len(text)) + text
+
+
 def read(path: str | os.PathLike, mmap: Collection[str] = ()
          ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """``(body, arrays)`` of a file :func:`write` wrote, every byte checked (module doc);
-    the arrays named in ``mmap`` are mapped from the file, not read."""
+    the arrays named in ``mmap`` are mapped from the file as :class:`MappedArray`."""
     with _open_regular(Path(path), f"the index file {path}") as handle:
         size = os.fstat(handle.fileno()).st_size
         body, layout, start = _header(handle, size, path)
         arrays = {}
         for name, (dtype, shape, begin, end) in layout.items():
             handle.seek(start + begin)
-            if name in mmap:
-                _check_digest(handle, end - begin, body["sha256"].get(name), name, path)
-                arrays[name] = np.memmap(handle, dtype=dtype, mode="c", offset=start + begin,
-                                         shape=shape) if end > begin else np.zeros(shape, dtype)
+            expected = body["sha256"].get(name)
+            if name in mmap and end > begin:
+                _check_digest(handle, end - begin, expected, name, path)
+                _report_bus_errors()
+                arrays[name] = MappedArray(handle, dtype=dtype, mode="c", offset=start + begin,
+                                           shape=shape)
+                arrays[name].sha256 = expected
                 continue
             data = bytearray(end - begin)
             if handle.readinto(data) != len(data):
                 raise IndexFormatError(f"{path} is truncated: array {name!r} is cut short")
-            if hashlib.sha256(data).hexdigest() != body["sha256"].get(name):
+            if hashlib.sha256(data).hexdigest() != expected:
                 raise IndexFormatError(f"{path} is damaged: array {name!r} fails its checksum")
             arrays[name] = np.frombuffer(data, dtype=dtype).reshape(shape)
     return body, arrays
+
+
+def _report_bus_errors() -> None:
+    """Turn on faulthandler (once), so a SIGBUS from a truncated mapping is not silent."""
+    if not faulthandler.is_enabled():
+        try:
+            faulthandler.enable()
+            log.info("faulthandler enabled: a mapped index file truncated in place kills "
+                     "the process with SIGBUS; this makes it print why")
+        except (RuntimeError, ValueError, AttributeError, OSError):  # no usable stderr
+            log.warning("cannot enable faulthandler: a mapped index file truncated in place "
+                        "would kill the process silently (SIGBUS)")
 
 
 def is_index_file(path: str | os.PathLike) -> bool:
@@ -142,6 +225,7 @@ def _header(handle, size: int, path) -> tuple[dict[str, Any], dict[str, tuple], 
         raise IndexFormatError(f"{path} is damaged: its header fails its checksum")
     if not isinstance(body, dict) or not isinstance(body.get("sha256"), dict):
         raise IndexFormatError(f"{path} is damaged: its body is not an object with checksums")
+    _check_version(body, path)
     layout = {name: _entry(name, entry, path) for name, entry in header.items()
               if name != "__metadata__"}
     end = 0
@@ -156,6 +240,19 @@ def _header(handle, size: int, path) -> tuple[dict[str, Any], dict[str, tuple], 
     if set(body["sha256"]) != set(layout):
         raise IndexFormatError(f"{path} is damaged: the checksums do not name its arrays")
     return body, layout, 8 + length
+
+
+def _check_version(body: dict[str, Any], path) -> None:
+    version = body.get("format_version")
+    if body.get("format") != FORMAT_NAME:
+        raise IndexFormatError(f"{path} holds format {body.get('format')!r}, not a genindex "
+                               "index")
+    if type(version) is int and version > FORMAT_VERSION:
+        raise IndexFormatError(f"{path} was written in format version {version}; this "
+                               f"genindex reads versions <= {FORMAT_VERSION}: upgrade genindex")
+    if version != FORMAT_VERSION or type(version) is not int:
+        raise IndexFormatError(f"{path} has no valid format_version: {version!r} (an index "
+                               f"file is version {FORMAT_VERSION})")
 
 
 def _entry(name: str, entry: Any, path) -> tuple[np.dtype, tuple[int, ...], int, int]:
@@ -199,3 +296,36 @@ def _bytes(array: np.ndarray) -> np.ndarray:
 
 def _digest(array: np.ndarray) -> str:
     return hashlib.sha256(_bytes(array)).hexdigest()
+
+
+def _open_regular(path: Path, what: str, size: int | None = None, limit: int | None = None):
+    """``path`` opened for reading if it is a regular file (not a link, folder, pipe or
+    device) of ``size`` bytes (or at most ``limit``): checked on the open file itself."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(
+            os, "O_NONBLOCK", 0))
+    except OSError as error:
+        raise IndexFormatError(f"{what} is missing or cannot be opened: {error.strerror} "
+                               "(a link is never followed)") from None
+    info = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(info.st_mode):
+        problem = f"{path} is not a regular file (a folder, pipe or device)"
+    elif size is not None and info.st_size != size:
+        problem = (f"{path} is truncated or damaged: {info.st_size} bytes where the manifest "
+                   f"says {size}")
+    elif limit is not None and info.st_size > limit:
+        problem = f"{path} is {info.st_size} bytes, more than the {limit} a manifest may have"
+    if problem:
+        os.close(fd)
+        raise IndexFormatError(problem)
+    return os.fdopen(fd, "rb")
+
+
+def _sync_dir(folder: Path) -> None:
+    if os.name == "posix":
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

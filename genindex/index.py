@@ -319,28 +319,28 @@ class GenerativeIndex:
         return f"GenerativeIndex(d={self.d}, ntotal={self.ntotal}, is_trained={self.is_trained})"
 
     # ----------------------------------------------------------- persistence
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the index to the folder ``path`` (atomically; see genindex.persist).
-
-        A frozen backbone is saved by name (its weights come back from the same
-        source); a randomly initialised or fine-tuned one with its weights.
-        """
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:
+        """Write the index to the file ``path``, atomically (see genindex.container):
+        an index file there is replaced, another file only if ``overwrite``, a
+        folder never. A frozen pretrained backbone is saved by name, any other
+        with its weights."""
         with self._lock:
             saved = schema.Saved(self.d, self.config, self.backbone, self._require_trained(),
                                  self._next_id, self._refreshes)
-        schema.write_index(path, saved)
+        schema.write_index(path, saved, overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str | torch.device | None = None,
              backbone: str | Backbone | None = None,
              cache_dir: str | os.PathLike | None = None, cache: bool = True,
              mmap: bool = False) -> GenerativeIndex:
-        """Read an index written by :meth:`save`; never unpickles anything.
+        """Read an index file :meth:`save` wrote (or a genindex 0.1 folder); unpickles nothing.
 
-        Every file, size and array is checked: a damaged, inconsistent or crafted
-        index raises :class:`IndexFormatError`. ``device``: where to search
+        Every size, checksum and array is checked: a damaged, inconsistent or
+        crafted file raises :class:`IndexFormatError`. ``device``: where to search
         (default: CUDA when present, else the CPU). ``mmap``: map the code table
-        and vectors from the files. ``backbone``: this frozen backbone (a name or
+        and vectors from the file (replace the file, never rewrite it in place:
+        see genindex.container). ``backbone``: this frozen backbone (a name or
         object) instead of the one the file names; weights are never read from a
         path written in a file.
         """

@@ -1,32 +1,35 @@
-"""What a saved index holds, in one place: the seam between an index and its files.
+"""What a saved index holds, in one place: the seam between an index and its file.
 
-:func:`write_index` turns an index's parts into a manifest body, tensors and
-arrays; :func:`read_index` turns them back, every array checked against the
-others. The bytes on disk (files, checksums, atomic replacement) are
-:mod:`genindex.persist`'s job.
+:func:`write_index` turns an index's parts into a body and named arrays and
+hands them to :mod:`genindex.container` (one file, replaced atomically);
+:func:`read_index` turns them back, every array checked against the others.
+A folder saved by genindex 0.1 (format version 1) is read by
+:mod:`genindex.legacy` into the same parts.
 
-The manifest body: ``d``, ``config`` (the IndexConfig as a dict), ``next_id``,
+The body: ``d``, ``config`` (the IndexConfig as a dict), ``next_id``,
 ``refreshes``, ``num_classes`` and ``codebook_size`` (the L training used),
-``backbone`` (its spec, or null). Tensors: ``tokenizer.*``, ``decoder.*``, and
-``backbone.*`` for a randomly initialised frozen backbone (a pretrained one is
-saved by name, an end-to-end one inside the tokenizer). Arrays: ``ids`` and
-``codes`` (the trie's rows), ``fresh_ids``, and with stored vectors
-``vector_ids`` and ``vectors``.
+``backbone`` (its spec, or null). Tensors (names with a dot): ``tokenizer.*``,
+``decoder.*``, and ``backbone.*`` for a randomly initialised frozen backbone
+(a pretrained one is saved by name, an end-to-end one inside the tokenizer).
+Arrays: ``ids`` and ``codes`` (the trie's rows), ``fresh_ids``, and with
+stored vectors ``vector_ids`` and ``vectors``.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
+from . import container, legacy
 from .backbones import Backbone, saved_backbone
 from .config import IndexConfig
+from .container import IndexFormatError
 from .decoder import Decoder
-from .persist import IndexFormatError, read_folder, write_folder
 from .snapshot import NO_IDS, Snapshot, with_fresh
 from .store import VectorStore
 from .tokenizer import SemanticTokenizer
@@ -45,8 +48,8 @@ class Saved(NamedTuple):
     refreshes: int
 
 
-def write_index(path: str | os.PathLike, saved: Saved) -> None:
-    """Write ``saved`` to the folder ``path`` (atomically: see :mod:`genindex.persist`)."""
+def write_index(path: str | os.PathLike, saved: Saved, overwrite: bool = False) -> None:
+    """Write ``saved`` to the file ``path``, atomically (see :mod:`genindex.container`)."""
     snapshot, backbone, config = saved.snapshot, saved.backbone, saved.config
     tensors = {**{f"tokenizer.{k}": v for k, v in snapshot.tokenizer.state_dict().items()},
                **{f"decoder.{k}": v for k, v in snapshot.decoder.state_dict().items()}}
@@ -60,7 +63,8 @@ def write_index(path: str | os.PathLike, saved: Saved) -> None:
             "refreshes": saved.refreshes, "num_classes": snapshot.tokenizer.num_classes,
             "codebook_size": snapshot.tokenizer.quantizer.codebook_size,
             "backbone": None if backbone is None else backbone.spec()}
-    write_folder(path, body, tensors, arrays)
+    arrays.update({k: v.detach().cpu().numpy() for k, v in tensors.items()})
+    container.write(path, body, arrays, overwrite)
 
 
 def read_index(path: str | os.PathLike, mmap: bool = False,
@@ -71,7 +75,12 @@ def read_index(path: str | os.PathLike, mmap: bool = False,
     backbone only: an end-to-end index holds its fine-tuned one). Raises
     :class:`IndexFormatError` for anything missing, damaged or inconsistent.
     """
-    body, tensors, arrays = read_folder(path, mmap=("codes", "vectors") if mmap else ())
+    mapped = ("codes", "vectors") if mmap else ()
+    if Path(path).is_dir():
+        body, tensors, arrays = legacy.read_folder(path, mmap=mapped)
+    else:
+        body, arrays = container.read(path, mmap=mapped)
+        tensors = {k: torch.from_numpy(arrays.pop(k)) for k in [k for k in arrays if "." in k]}
     if backbone is not None:
         _check_given(body, backbone)
     try:
@@ -134,7 +143,7 @@ def _check_sizes(body: dict[str, Any], config: IndexConfig,
     """
     depth = {int(name.split(".")[2]) for name in tensors
              if name.startswith("decoder.blocks.") and name.split(".")[2].isdigit()}
-    if depth != set(range(config.decoder.n_layer)):
+    if len(depth) != config.decoder.n_layer or depth != set(range(len(depth))):
         raise IndexFormatError(f"the config's decoder has {config.decoder.n_layer} blocks but "
                                f"the file holds weights for {len(depth)}")
     d, num_classes, size = body["d"], body["num_classes"], body["codebook_size"]
@@ -186,9 +195,9 @@ def _snapshot(body: dict[str, Any], arrays: dict[str, np.ndarray], tokenizer: Se
         raise IndexFormatError("the stored ids include negative values")
     trie = _keep_mapped(Trie(codes, ids, int(body["codebook_size"])), "codes", codes)
     next_id = body["next_id"]
-    if isinstance(next_id, bool) or not isinstance(next_id, int) or next_id < 0 or (
-            ids.size and next_id <= ids.max()):
-        raise IndexFormatError(f"next_id={next_id!r} is not above every stored id")
+    if isinstance(next_id, bool) or not isinstance(next_id, int) or not (
+            0 <= next_id <= np.iinfo(np.int64).max) or (ids.size and next_id <= ids.max()):
+        raise IndexFormatError(f"next_id={next_id!r} is not an int64 above every stored id")
     vectors = None
     if store_vectors:
         vector_ids = _array(arrays, "vector_ids", 1, "i")

@@ -57,3 +57,77 @@ def write_images(folder, num_classes: int = 5, per_class: int = 10, size: int = 
             paths.append(path)
             labels.append(c)
     return paths, np.array(labels)
+
+
+def resign(path, body=None, arrays=None) -> None:
+    """Edit a saved index file and sign it again, as someone would who edits one on
+    purpose (the checksums are not keyed). ``body`` maps a key to a new value or to a
+    function that edits the body in place; ``arrays`` maps a name to a function of the
+    stored array, or to None to remove it."""
+    from genindex import container
+
+    stored, named = container.read(path)
+    stored.pop("sha256")
+    for key, edit in (body or {}).items():
+        edit(stored) if callable(edit) else stored.__setitem__(key, edit)
+    for name, edit in (arrays or {}).items():
+        if edit is None:
+            named.pop(name)
+        else:
+            named[name] = edit(named[name])
+    container.write(path, stored, named)
+
+
+def resign_text(path, edit) -> None:
+    """Rewrite the JSON text of a saved index file's body with ``edit(text) -> text``
+    and sign the header again: for bodies no JSON encoder writes (Infinity, nesting)."""
+    import json
+    import struct
+
+    from genindex import container
+
+    blob = open(path, "rb").read()
+    (length,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + length])
+    metadata = header["__metadata__"]
+    metadata.pop(container.KEY + "_sha256")
+    metadata[container.KEY] = edit(metadata[container.KEY])
+    metadata[container.KEY + "_sha256"] = container._header_digest(header)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(text)) + text + blob[8 + length:])
+
+
+def mutations(blob: bytes, rng: np.random.Generator, count: int, edits: list):
+    """``count`` damaged copies of an index file's bytes, in turn: a truncation, 1-3 bit
+    flips, 8 random bytes, and a header edited by one of ``edits`` (functions that edit
+    the parsed header in place) and signed again, as a deliberate forger would."""
+    import json
+    import struct
+
+    from genindex import container
+
+    (length,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + length])
+    for i in range(count):
+        kind = i % 4
+        if kind == 0:
+            yield blob[:int(rng.integers(0, len(blob)))]
+        elif kind == 1:
+            data = bytearray(blob)
+            for position in rng.integers(0, len(blob), int(rng.integers(1, 4))):
+                data[position] ^= 1 << int(rng.integers(0, 8))
+            yield bytes(data)
+        elif kind == 2:
+            data = bytearray(blob)
+            start = int(rng.integers(0, len(blob)))
+            data[start:start + 8] = rng.integers(0, 256, 8, dtype=np.uint8).tobytes()
+            yield bytes(data)
+        else:
+            edited = json.loads(json.dumps(header))
+            edits[i // 4 % len(edits)](edited)
+            edited["__metadata__"].pop(container.KEY + "_sha256", None)
+            edited["__metadata__"][container.KEY + "_sha256"] = container._header_digest(edited)
+            text = json.dumps(edited).encode()
+            yield struct.pack("<Q", len(text)) + text + blob[8 + length:]

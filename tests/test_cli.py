@@ -150,7 +150,7 @@ def test_help_explains_every_command(capsys):
     (["frobnicate"], 2, "invalid choice"),
     ([], 2, "required"),
     (["build", "--vectors", "missing.npy", "--out", "o"], 1, "--vectors missing.npy"),
-    (["info", "not-an-index"], 1, "not a saved genindex index"),
+    (["info", "not-an-index"], 1, "missing or cannot be opened"),
     (["build", "--vectors", "x.npy", "--out", "o", "--config", "{bad json"], 1, "invalid JSON"),
     (["build", "--vectors", "x.npy", "--out", "o", "--config", '{"nope": 1}'], 1,
      "unknown fields"),
@@ -183,6 +183,27 @@ def test_user_errors_from_the_library_are_one_line(built, files, tmp_path, capsy
     assert code == 1 and "one of them" in err
     code, _, err = run(["search", built, "--vectors", files["q"], "-k", 10**15], capsys)
     assert code == 1 and err.count("\n") == 1 and "GiB" in err and "lower k" in err
+
+
+def test_out_is_a_file_replaced_only_when_told(built, files, tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    for argv in (["build", "--vectors", files["x"], "--out", notes],  # checked before training
+                 ["add", built, "--vectors", files["q"], "--out", notes]):
+        code, _, err = run(argv, capsys)
+        assert code == 1 and err.count("\n") == 1 and "--force" in err and "--out" in err
+        assert notes.read_text() == "mine"
+    for argv in (["build", "--vectors", files["x"], "--out", tmp_path, "--force"],
+                 ["add", built, "--vectors", files["q"], "--out", tmp_path, "--force"]):
+        code, _, err = run(argv, capsys)  # a folder never, not even with --force
+        assert code == 1 and "is a folder" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    before = GenerativeIndex.load(built).ntotal
+    code, _, _ = run(["add", built, "--vectors", files["q"], "--out", notes, "--force", "-q"],
+                     capsys)
+    assert code == 0 and GenerativeIndex.load(notes).ntotal == before + 20
+    code, _, _ = run(["add", notes, "--vectors", files["q"], "-q"], capsys)  # in place
+    assert code == 0 and GenerativeIndex.load(notes).ntotal == before + 40
 
 
 def test_only_build_runs_under_torchrun(built, capsys, monkeypatch):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 
 import numpy as np
 import pytest
@@ -242,46 +241,51 @@ def test_ids_run_out_only_with_a_clear_message(index, data):
 
 
 def test_loading_what_is_not_an_index_is_a_value_error(tmp_path):
-    with pytest.raises(IndexFormatError, match="no manifest.json") as info:
-        GenerativeIndex.load(tmp_path / "nowhere")
-    assert isinstance(info.value, ValueError)
+    (tmp_path / "notes.txt").write_text("not an index")
+    for path, message in ((tmp_path / "nowhere", "missing or cannot be opened"),
+                          (tmp_path / "notes.txt", "not a genindex index file"),
+                          (tmp_path, "no manifest.json")):  # a folder: read as format 1
+        with pytest.raises(IndexFormatError, match=message) as info:
+            GenerativeIndex.load(path)
+        assert isinstance(info.value, ValueError)
 
 
 def test_saving_over_other_files_is_refused_and_touches_nothing(index, tmp_path):
-    folder = tmp_path / "mine"
-    folder.mkdir()
-    (folder / "notes.txt").write_text("keep me")
-    (folder / "data.npy").write_bytes(b"mine too")
-    with pytest.raises(ValueError, match="not a saved index"):
-        index.save(folder)
-    assert sorted(p.name for p in folder.iterdir()) == ["data.npy", "notes.txt"]
-    (tmp_path / "file").write_text("x")
-    with pytest.raises(ValueError, match="exists and is not a folder"):
-        index.save(tmp_path / "file")
-    with pytest.raises(ValueError, match=r"cannot create the folder, .*file is not a folder"):
-        index.save(tmp_path / "file" / "below")  # a ValueError naming it, not an OSError
-    other = tmp_path / "theirs"
-    other.mkdir()
-    (other / "manifest.json").write_text('{"name": "someone else\'s project"}')
-    with pytest.raises(ValueError, match="not a genindex index's"):
-        index.save(other)
-    assert (other / "manifest.json").read_text() == '{"name": "someone else\'s project"}'
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    with pytest.raises(ValueError, match="not a genindex index file.*overwrite=True"):
+        index.save(notes)
+    assert notes.read_text() == "keep me"
+    for target in (tmp_path, tmp_path / "sub"):
+        target.mkdir(exist_ok=True)
+        for overwrite in (False, True):  # a folder, never
+            with pytest.raises(ValueError, match="is a folder"):
+                index.save(target, overwrite=overwrite)
+    with pytest.raises(ValueError, match=r"cannot create its folder, .*notes.txt is not a folder"):
+        index.save(notes / "below")  # a ValueError naming it, not an OSError
+    link = tmp_path / "link"
+    link.symlink_to(notes)
+    with pytest.raises(ValueError, match="not a genindex index file"):
+        index.save(link)  # a link is not followed, nor taken for an index
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "notes.txt", "sub"]
+    assert notes.read_text() == "keep me"
+    index.save(link, overwrite=True)  # replaces the link itself, not what it points to
+    assert notes.read_text() == "keep me" and not link.is_symlink()
+    index.save(notes, overwrite=True)
+    assert GenerativeIndex.load(notes).ntotal == index.ntotal
 
 
-def test_resaving_removes_only_the_files_the_old_index_named(index, tmp_path):
-    folder = tmp_path / "ix"
-    index.save(folder)
-    first = {p.name for p in folder.iterdir()}
-    mine = folder / "x.0123456789abcdef.npy"  # named like an index file, but the user's
+def test_resaving_replaces_the_file_and_nothing_else(index, tmp_path):
+    path = tmp_path / "ix.gidx"
+    index.save(path)
+    mine = tmp_path / ".ix.gidx.0123456789abcdef0123456789abcdef.tmp"  # like a staging file
     mine.write_bytes(b"keep me")
-    index.add(np.ones((1, index.d), np.float32))
-    index.save(folder)
+    grown = copy.copy(index)
+    grown.add(np.ones((1, index.d), np.float32))
+    grown.save(path)  # an index file there is replaced without being asked
+    assert sorted(p.name for p in tmp_path.iterdir()) == [mine.name, "ix.gidx"]
     assert mine.read_bytes() == b"keep me"
-    named = {entry["file"] for entry in json.loads(
-        (folder / "manifest.json").read_text())["body"]["files"].values()}
-    assert {p.name for p in folder.iterdir()} == named | {"manifest.json", mine.name}
-    assert len(first - named) > 1  # the old codes and vectors went, as they should
-    GenerativeIndex.load(folder)
+    assert GenerativeIndex.load(path).ntotal == index.ntotal + 1
 
 
 def test_undecodable_images_are_named_and_change_nothing(tiny_vit, images, tmp_path):
