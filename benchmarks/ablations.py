@@ -101,7 +101,7 @@ def ids_variants(db: np.ndarray, labels: np.ndarray, config: IndexConfig,
         variants[f"HKM_{clusters}"] = (ids.shape[1], decoder_on_ids(
             db, labels, ids, max(clusters, int(ids.max()) + 1), config, progress))
     index = GenerativeIndex.fit(db, labels, config, device="cpu", progress=progress)
-    variants["ours"] = (tc.num_codebooks, lambda q, k: index.search(q, k).ids)
+    variants["ours"] = (tc.num_codebooks, lambda q, k: index.search(q, k, order="generative").ids)
     return variants
 
 
@@ -113,6 +113,7 @@ def length_variants(db: np.ndarray, labels: np.ndarray, config: IndexConfig,
     for t in lengths:
         c = config.replace(tokenizer=dataclasses.replace(config.tokenizer, num_codebooks=t))
         index = GenerativeIndex.fit(db, labels, c, device="cpu", progress=progress)
-        variants[f"T={t}"] = (t, lambda q, k, index=index: index.search(q, k).ids)
+        variants[f"T={t}"] = (t, lambda q, k, index=index: index.search(
+            q, k, order="generative").ids)
     return variants
 

@@ -78,7 +78,7 @@ def evaluate(index: GenerativeIndex, queries: np.ndarray, row_of_id: np.ndarray,
     """Metrics of ``index`` (ids mapped to database rows), the shares of relevant old and
     new items in the top 10, and the search time."""
     start = time.perf_counter()
-    ids = index.search(queries, MAP_K).ids
+    ids = index.search(queries, MAP_K, order="generative").ids
     search_s = time.perf_counter() - start
     rows = np.where(ids >= 0, row_of_id[np.maximum(ids, 0)], -1)
     hits = metrics.relevance(rows, db_labels, query_labels)

@@ -100,7 +100,8 @@ class GenIndex(Method):
         """``timings``, if given, accumulates seconds per part of the search
         (``genindex.beam.TIMED_PARTS``)."""
         data = images if images is not None and self.backbone is not None else queries
-        return self.index.search(data, k, beam_size=self.beam_size, timings=timings).ids
+        return self.index.search(data, k, beam_size=self.beam_size, order="generative",
+                                 timings=timings).ids
 
     def nbytes(self):
         with tempfile.TemporaryDirectory() as folder:

@@ -152,7 +152,8 @@ def size_rows(index: GenerativeIndex, xb: np.ndarray, queries: np.ndarray,
 def measure(index: GenerativeIndex, xb: np.ndarray, queries: np.ndarray, repeats: int) -> dict:
     """One row of the size table: the three methods on the same queries and threads."""
     faiss, n = faiss_module(), len(xb)
-    gen_s, result = median_time(lambda: index.search(queries, K, beam_size=BEAM), repeats)
+    gen_s, result = median_time(
+        lambda: index.search(queries, K, beam_size=BEAM, order="generative"), repeats)
     flat = faiss.IndexFlatL2(xb.shape[1])
     flat.add(xb)
     flat_s, _ = median_time(lambda: flat.search(queries, K), repeats)

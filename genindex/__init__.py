@@ -8,6 +8,7 @@
 from .checks import NotTrainedError
 from .config import DecoderConfig, IndexConfig, TokenizerConfig
 from .container import IndexFormatError
+from .faiss_api import SearchParameters
 from .index import GenerativeIndex, SearchResult
 from .refresh import RefreshHistory
 from .train import TrainHistory
@@ -21,6 +22,7 @@ __all__ = [
     "IndexFormatError",
     "NotTrainedError",
     "RefreshHistory",
+    "SearchParameters",
     "SearchResult",
     "TokenizerConfig",
     "TrainHistory",

@@ -70,45 +70,81 @@ class _Step(NamedTuple):
     done_leaves: torch.Tensor  # (Q, beam_size) their leaves, -1 elsewhere
 
 
+# What a search returns where a query has no more results: Faiss's values per order
+PADDING = {None: -math.inf, "l2": float(np.finfo(np.float32).max),
+           "ip": -float(np.finfo(np.float32).max)}
+
+
 def search(snapshot: Snapshot, queries: torch.Tensor, k: int, beam_size: int, *,
-           trie: Trie | None = None, dtype: torch.dtype | str | None = None,
-           timings: dict[str, float] | None = None,
+           metric: str | None = None, k_factor: float = 1.0, trie: Trie | None = None,
+           dtype: torch.dtype | str | None = None, timings: dict[str, float] | None = None,
            progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``(scores, ids)``, each (n, k): the ``k`` best items of ``snapshot`` for each query.
 
     The whole search pipeline: :func:`beam_search` over ``trie`` (default: the
     snapshot's; a filtered one restricts the results), then :func:`top_items`,
     items sharing a leaf ranked by their L2 distance to the query where the
-    snapshot stores vectors. Queries go in batches of at most
+    snapshot stores vectors. ``metric`` None: that generative order, scores
+    the identifiers' log-probabilities. ``"l2"`` / ``"ip"``: the generative
+    top ``k * k_factor`` items (the candidates) ranked by their exact squared
+    L2 distance (ascending) or inner product (descending) to the query, which
+    are the scores; it needs stored vectors. Queries go in batches of at most
     :data:`BEAMS_IN_FLIGHT` beams, which bounds memory for any number of them.
     ``beam_size`` is cut to the number of identifiers, and only the first
     ``min(k, items)`` columns are searched for: the others are padding (id -1,
-    score -inf), however large ``k``.
+    score :data:`PADDING`), however large ``k``.
     """
     trie = snapshot.trie if trie is None else trie
-    scores = np.full((len(queries), k), -np.inf, np.float32)
+    scores = np.full((len(queries), k), PADDING[metric], np.float32)
     ids = np.full((len(queries), k), -1, np.int64)
     width = min(k, len(trie))  # columns that can hold an item; the rest stay padding
     if not width:
         return scores, ids
+    pool = width if metric is None else min(len(trie), max(width, math.ceil(k * k_factor)))
     beam_size = min(beam_size, trie.num_leaves)  # more beams than identifiers find no more
     size = max(1, BEAMS_IN_FLIGHT // beam_size)
     with torch.inference_mode():
         for start in tqdm(range(0, len(queries), size), desc="search", unit="batch",
                           disable=not progress, leave=False):
             batch = queries[start:start + size]
-            beams = beam_search(snapshot.decoder, batch, trie, beam_size, dtype=dtype,
-                                timings=timings)
-            distance = None
-            if snapshot.vectors is not None:
-                with _timed(timings, "encoder", batch.device):
-                    vectors = snapshot.tokenizer.feature_vectors(batch)
-                distance = snapshot.vectors.distance(batch.device, vectors)
-            with _timed(timings, "items", batch.device):
-                s, i = top_items(trie, beams, width, distance)
-                scores[start:start + len(batch), :width] = s.cpu().numpy()
-                ids[start:start + len(batch), :width] = i.cpu().numpy()
+            s, i = _search_batch(snapshot, trie, batch, beam_size, pool, metric, dtype, timings)
+            scores[start:start + len(batch), :width] = s[:, :width].cpu().numpy()
+            ids[start:start + len(batch), :width] = i[:, :width].cpu().numpy()
     return scores, ids
+
+
+def _search_batch(snapshot: Snapshot, trie: Trie, batch: torch.Tensor, beam_size: int,
+                  pool: int, metric: str | None, dtype: Any,
+                  timings: dict[str, float] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scores, ids)`` (Q, pool) of one batch of queries, best first (see search)."""
+    beams = beam_search(snapshot.decoder, batch, trie, beam_size, dtype=dtype, timings=timings)
+    distance = vectors = None
+    if snapshot.vectors is not None:
+        with _timed(timings, "encoder", batch.device):
+            vectors = snapshot.tokenizer.feature_vectors(batch)
+        distance = snapshot.vectors.distance(batch.device, vectors)
+    with _timed(timings, "items", batch.device):
+        scores, ids = top_items(trie, beams, pool, distance)
+        if metric is not None:
+            scores, ids = rank_by_metric(ids, snapshot.vectors.distance(batch.device, vectors,
+                                                                        metric), metric)
+    return scores, ids
+
+
+def rank_by_metric(ids: torch.Tensor, measure: Callable[[torch.Tensor, torch.Tensor],
+                                                         torch.Tensor],
+                   metric: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The candidate ``ids`` (Q, C) (-1: none) ordered by ``measure(query_index, ids)``:
+    ascending for ``"l2"``, descending for ``"ip"``; ``(values, ids)``, padded with
+    :data:`PADDING` and -1. Ties keep the generative order."""
+    valid = ids >= 0
+    values = torch.full(ids.shape, PADDING[metric], device=ids.device)
+    query = torch.arange(len(ids), device=ids.device)[:, None].expand_as(ids)
+    if valid.any():
+        values[valid] = measure(query[valid], ids[valid]).float()
+    key = values if metric == "l2" else -values
+    order = torch.argsort(key.masked_fill(~valid, math.inf), dim=1, stable=True)
+    return values.gather(1, order), ids.gather(1, order)
 
 
 def beam_search(decoder: Decoder, x: torch.Tensor, trie: Trie, beam_size: int, *,

@@ -216,6 +216,23 @@ def as_removal(ids: Any, present: np.ndarray) -> np.ndarray:
     return np.unique(as_ids(ids, distinct=False))
 
 
+def as_outputs(D: Any, I: Any, n: int, k: int) -> tuple[np.ndarray, np.ndarray] | None:  # noqa: E741
+    """Faiss's ``search(..., D=, I=)``: the arrays to write into, made where not given;
+    None when neither is."""
+    if D is None and I is None:
+        return None
+    arrays = []
+    for name, array, dtype in (("D", D, np.float32), ("I", I, np.int64)):
+        if array is None:
+            array = np.empty((n, k), dtype)
+        if not isinstance(array, np.ndarray) or array.shape != (n, k) or (
+                array.dtype != dtype) or not array.flags.writeable:
+            raise ValueError(f"{name} must be a writeable {np.dtype(dtype).name} array of "
+                             f"shape ({n}, {k}), got {getattr(array, 'shape', type(array))}")
+        arrays.append(array)
+    return arrays[0], arrays[1]
+
+
 def check_timings(timings: Any) -> None:
     if timings is not None and not isinstance(timings, dict):
         raise TypeError(f"timings must be a dict or None, got {type(timings).__name__}")

@@ -1,16 +1,15 @@
 """The ``genindex`` command (also ``python -m genindex``).
 
-    genindex build --vectors X.npy --labels y.npy --out my.index
-    genindex build --images photos/ --labels labels.csv --out my.index
+    genindex build --vectors X.npy --labels y.npy --out my.index   # or --images photos/
     genindex search my.index --vectors Q.npy -k 10 --json
     genindex add my.index --vectors more.npy
     genindex info my.index
     genindex eval my.index --vectors Q.npy --labels yq.npy --db-labels y.npy
     torchrun --nproc_per_node=4 -m genindex build ...   # data-parallel training
 
-Exit status: 0 on success, 1 when the command fails (a one-line
-``genindex: error: ...`` on stderr), 2 for a bad command line, 130 when
-interrupted. Set ``GENINDEX_DEBUG=1`` for a traceback instead.
+Exit status: 0 on success, 1 when the command fails (a one-line ``genindex:
+error: ...`` on stderr), 2 for a bad command line, 130 when interrupted.
+``GENINDEX_DEBUG=1``: a traceback instead.
 """
 
 from __future__ import annotations
@@ -114,6 +113,10 @@ def _build_args(p: argparse.ArgumentParser) -> None:
                    "IndexConfig fields as inline JSON ('{\"decoder\": {\"n_layer\": 6}}') or "
                    "a JSON file")
     p.add_argument("--seed", type=int, help="random seed (overrides the config's)")
+    p.add_argument("--metric", choices=("l2", "ip"), help="search scores: squared L2 "
+                   "(default) or inner product")
+    p.add_argument("--id-map", action="store_true", help="keep the ids given to 'add --ids' "
+                   "(faiss.IndexIDMap2); default: positions (faiss.IndexFlat)")
     _image_args(p)
     p.add_argument("--backbone", default="efficientnet-lite0",
                    help="with --images: efficientnet-lite0 (default, offline), an open_clip "
@@ -174,6 +177,8 @@ def _source_args(p: argparse.ArgumentParser, what: str) -> None:
 
 def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beam-size", type=_positive, help="beams kept per step (default max(k, 10))")
+    p.add_argument("--order", choices=("metric", "generative"), help="rank by exact distance "
+                   "(default) or by identifier log-probability")
     p.add_argument("--mmap", action="store_true", help="map the index's code table and "
                    "vectors from disk instead of reading them (large indexes)")
 
@@ -200,10 +205,11 @@ def _build(args: argparse.Namespace) -> int:
     device = distributed.init(args.device)
     progress = _progress(args)
     started = time.perf_counter()
+    options = {"metric": args.metric, "id_map": args.id_map}
     if items.paths is None:
-        index = GenerativeIndex(items.data.shape[1], config)
+        index = GenerativeIndex(items.data.shape[1], config, **options)
     else:
-        index = GenerativeIndex(None, config, backbone=args.backbone, **_cache(args))
+        index = GenerativeIndex(None, config, backbone=args.backbone, **options, **_cache(args))
     index.to(device)
     if items.paths is not None and distributed.active() and index.cache and not index.end_to_end:
         extract_sharded(index.backbone, items.paths, device=device, progress=progress,
@@ -232,7 +238,7 @@ def _search(args: argparse.Namespace) -> int:
         raise ValueError("give query image files or --vectors Q.npy (one of them)")
     index = _load(args)
     queries = read_vectors(args.vectors) if args.vectors else expand_images(args.queries)
-    scores, ids = index.search(queries, args.k, beam_size=args.beam_size,
+    scores, ids = index.search(queries, args.k, beam_size=args.beam_size, order=args.order,
                                progress=_progress(args))
     names = list(range(len(ids))) if args.vectors else [str(q) for q in queries]
     if args.json:
@@ -295,7 +301,7 @@ def _eval(args: argparse.Namespace) -> int:
         raise ValueError(f"--labels holds {label_kind(queries.labels)} but --db-labels "
                          f"{label_kind(db_labels)}: they must name classes the same way")
     index = _load(args)
-    ids = index.search(queries.data, max(args.k), beam_size=args.beam_size,
+    ids = index.search(queries.data, max(args.k), beam_size=args.beam_size, order=args.order,
                        progress=_progress(args)).ids
     quality = evaluate(ids, db_labels, queries.labels, tuple(sorted(set(args.k))))
     result = {f"{name}@{k}": value for name, values in

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import faulthandler
 import hashlib
+import io
 import json
 import logging
 import math
@@ -90,6 +91,36 @@ def write(path: str | os.PathLike, body: dict[str, Any], arrays: dict[str, np.nd
     ``overwrite``: replace a file at ``path`` that is not an index file too.
     """
     target = check_target(path, overwrite)
+    order, head, arrays = _layout(body, arrays)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(staging, "wb") as handle:
+            _write_to(handle, order, head, arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(staging, target)
+    finally:
+        staging.unlink(missing_ok=True)
+    _sync_dir(target.parent)
+
+
+def dumps(body: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
+    """The bytes :func:`write` would write (for pickling and ``serialize_index``)."""
+    buffer = io.BytesIO()
+    _write_to(buffer, *_layout(body, arrays))
+    return buffer.getvalue()
+
+
+def loads(blob: bytes | bytearray | memoryview) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``(body, arrays)`` of the bytes :func:`dumps` gave, checked as :func:`read` checks."""
+    blob = bytes(blob)
+    return _read(io.BytesIO(blob), len(blob), "the serialized index", ())
+
+
+def _layout(body: dict[str, Any], arrays: dict[str, np.ndarray]
+            ) -> tuple[list[str], bytes, dict[str, np.ndarray]]:
+    """The arrays' order, the header bytes and the arrays as written, every check done."""
     mapped = {name: a.sha256 for name, a in arrays.items() if isinstance(a, MappedArray)}
     arrays = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
     for name, array in arrays.items():
@@ -102,21 +133,15 @@ def write(path: str | os.PathLike, body: dict[str, Any], arrays: dict[str, np.nd
             raise IndexFormatError(f"array {name!r} is mapped from a file that was rewritten "
                                    "in place since it was loaded: its bytes no longer match "
                                    "their checksum, so they are not saved")
-    order, text = _header_bytes({"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+    order, head = _header_bytes({"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
                                  **body, "sha256": digests}, arrays)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(staging, "wb") as handle:
-            handle.write(text)
-            for name in order:
-                handle.write(_bytes(arrays[name]))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(staging, target)
-    finally:
-        staging.unlink(missing_ok=True)
-    _sync_dir(target.parent)
+    return order, head, arrays
+
+
+def _write_to(handle, order: list[str], head: bytes, arrays: dict[str, np.ndarray]) -> None:
+    handle.write(head)
+    for name in order:
+        handle.write(_bytes(arrays[name]))
 
 
 def check_target(path: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -161,25 +186,29 @@ def read(path: str | os.PathLike, mmap: Collection[str] = ()
     """``(body, arrays)`` of a file :func:`write` wrote, every byte checked (module doc);
     the arrays named in ``mmap`` are mapped from the file as :class:`MappedArray`."""
     with _open_regular(Path(path), f"the index file {path}") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        body, layout, start = _header(handle, size, path)
-        arrays = {}
-        for name, (dtype, shape, begin, end) in layout.items():
-            handle.seek(start + begin)
-            expected = body["sha256"].get(name)
-            if name in mmap and end > begin:
-                _check_digest(handle, end - begin, expected, name, path)
-                _report_bus_errors()
-                arrays[name] = MappedArray(handle, dtype=dtype, mode="c", offset=start + begin,
-                                           shape=shape)
-                arrays[name].sha256 = expected
-                continue
-            data = bytearray(end - begin)
-            if handle.readinto(data) != len(data):
-                raise IndexFormatError(f"{path} is truncated: array {name!r} is cut short")
-            if hashlib.sha256(data).hexdigest() != expected:
-                raise IndexFormatError(f"{path} is damaged: array {name!r} fails its checksum")
-            arrays[name] = np.frombuffer(data, dtype=dtype).reshape(shape)
+        return _read(handle, os.fstat(handle.fileno()).st_size, path, mmap)
+
+
+def _read(handle, size: int, path, mmap: Collection[str]
+          ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    body, layout, start = _header(handle, size, path)
+    arrays = {}
+    for name, (dtype, shape, begin, end) in layout.items():
+        handle.seek(start + begin)
+        expected = body["sha256"].get(name)
+        if name in mmap and end > begin:
+            _check_digest(handle, end - begin, expected, name, path)
+            _report_bus_errors()
+            arrays[name] = MappedArray(handle, dtype=dtype, mode="c", offset=start + begin,
+                                       shape=shape)
+            arrays[name].sha256 = expected
+            continue
+        data = bytearray(end - begin)
+        if handle.readinto(data) != len(data):
+            raise IndexFormatError(f"{path} is truncated: array {name!r} is cut short")
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise IndexFormatError(f"{path} is damaged: array {name!r} fails its checksum")
+        arrays[name] = np.frombuffer(data, dtype=dtype).reshape(shape)
     return body, arrays
 
 
@@ -200,6 +229,16 @@ def is_index_file(path: str | os.PathLike) -> bool:
     try:
         with _open_regular(Path(path), str(path)) as handle:
             _header(handle, os.fstat(handle.fileno()).st_size, path)
+        return True
+    except IndexFormatError:
+        return False
+
+
+def is_index_bytes(blob: bytes | bytearray | memoryview) -> bool:
+    """Whether ``blob`` starts as :func:`dumps` output does: a genindex index's header."""
+    blob = bytes(blob)
+    try:
+        _header(io.BytesIO(blob), len(blob), "bytes")
         return True
     except IndexFormatError:
         return False

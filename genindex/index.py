@@ -1,14 +1,17 @@
 """GenerativeIndex: IRGen behind the API of a Faiss index.
 
 >>> index = GenerativeIndex.fit(xb, labels)        # or GenerativeIndex(d) + train + add
->>> D, I = index.search(xq, k=10)                  # D: log-probabilities, I: int64 ids
+>>> D, I = index.search(xq, k=10)                  # D: squared L2, ascending; I: int64 ids
 >>> index = GenerativeIndex.fit(paths, labels, backbone="efficientnet-lite0")
 >>> D, I = index.search(query_paths, k=10)         # images in, ids out
 
-``D`` is float32 (n, k), larger is better; ``I`` is int64 (n, k) with ``-1``
-(and ``D = -inf``) where a query has fewer than k results. With a backbone,
-every method that takes data takes images (see :mod:`genindex.images`) or,
-unless the index is end to end, the backbone's feature vectors.
+``D`` (n, k) float32 is in the metric's units, as Faiss's: squared L2,
+ascending, or inner products, descending; with ``order="generative"`` or no
+stored vectors, log-probabilities, descending. ``I`` (n, k) int64 is ``-1``
+past the results (``D``: :data:`genindex.beam.PADDING`). Ids are positions,
+renumbered by ``remove_ids`` (``faiss.IndexFlat``), or with ``id_map=True``
+those given (``faiss.IndexIDMap2``). With a backbone, data is images
+(:mod:`genindex.images`) or, unless end to end, the backbone's features.
 
 Every bad argument is refused with a ValueError or TypeError that names it,
 before anything changes: a failed call leaves the index as it was.
@@ -24,7 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from . import checks, schema
+from . import checks, faiss_api
 from .backbones import Backbone, get_backbone
 from .beam import FilterCache, compute_dtype, search
 from .cache import FeatureCache
@@ -54,7 +57,7 @@ class _Inputs(NamedTuple):
     vectors: np.ndarray | None  # (n, d) float32; None for pixels until embedded
 
 
-class GenerativeIndex:
+class GenerativeIndex(faiss_api.FaissMethods):
     """A generative retrieval index over d-dimensional vectors or images.
 
     ``search`` may run from many threads at once. Updates (``train``, ``add``,
@@ -65,20 +68,29 @@ class GenerativeIndex:
     """
 
     def __init__(self, d: int | None = None, config: IndexConfig | None = None, *,
+                 metric: str | int | None = None, id_map: bool = False,
                  backbone: str | Backbone | None = None,
                  cache_dir: str | os.PathLike | None = None, cache: bool = True) -> None:
         """``d``: the vector dimension (with a backbone, its feature size by default).
 
-        ``backbone``: see :mod:`genindex.backbones`. ``cache_dir``: where image
-        features are cached (default: the user's cache folder, see
-        :mod:`genindex.cache`); ``cache=False``: no feature cache.
+        ``metric``: ``"l2"`` (default) or ``"ip"`` (or Faiss's constants), the
+        units and order of ``D``; none without stored vectors. ``id_map``: ids
+        given to ``add_with_ids``, kept (``faiss.IndexIDMap2``); default, ids
+        are positions (``faiss.IndexFlat``). ``backbone``: see
+        :mod:`genindex.backbones`. ``cache_dir``: where image features are cached
+        (default: the user's cache folder, see :mod:`genindex.cache`);
+        ``cache=False``: no feature cache.
         """
         if config is not None and not isinstance(config, IndexConfig):
             raise TypeError(f"config must be an IndexConfig, got {type(config).__name__}")
+        if not isinstance(id_map, bool):
+            raise TypeError(f"id_map must be True or False, got {id_map!r}")
         self.backbone = None if backbone is None else get_backbone(backbone)
         self._d = checks.as_dim(d, None if self.backbone is None else self.backbone.feature_dim)
         checks.check_cache(cache_dir, cache)
         self.config = config or IndexConfig()
+        self.metric = faiss_api.as_metric(metric, self.config.store_vectors)
+        self.id_map, self.verbose, self._nprobe, self._k_factor = id_map, False, None, 1.0
         self.cache_dir, self.cache = cache_dir, cache
         self._cache: FeatureCache | None = None
         self.history: TrainHistory | None = None
@@ -92,18 +104,20 @@ class GenerativeIndex:
     # -------------------------------------------------------------- building
     @classmethod
     def fit(cls, x: Any, labels: Any = None, config: IndexConfig | None = None, *,
+            metric: str | int | None = None, id_map: bool = False,
             backbone: str | Backbone | None = None, device: str | torch.device | None = None,
             cache_dir: str | os.PathLike | None = None, cache: bool = True,
             progress: bool = True) -> GenerativeIndex:
         """Train on ``x`` with optional class ``labels``, then add ``x`` (ids 0..n-1).
 
         ``x``: vectors (n, d), or images with a ``backbone``. ``device``: where
-        to train and search (default: CUDA when present, else the CPU).
+        to train and search (default: CUDA when present, else the CPU). The
+        other arguments are the constructor's.
         """
         if backbone is None:
             x = checks.as_vectors(x, checks.dim_of(x))
-        index = cls(None if backbone else x.shape[1], config, backbone=backbone,
-                    cache_dir=cache_dir, cache=cache)
+        index = cls(None if backbone else x.shape[1], config, metric=metric, id_map=id_map,
+                    backbone=backbone, cache_dir=cache_dir, cache=cache)
         index.to(default_device() if device is None else device)
         inputs = index._inputs(x, progress)
         models = index._train(inputs, labels, progress)
@@ -138,7 +152,11 @@ class GenerativeIndex:
             self._insert(inputs, np.arange(first, first + n, dtype=np.int64))
 
     def add_with_ids(self, x: Any, ids: Any, *, progress: bool = False) -> None:
-        """Add items under the given distinct int64 ids, none of them already present."""
+        """Add items under the given distinct int64 ids, none of them already present
+        (an ``id_map=True`` index only, as Faiss's ``IndexIDMap2``)."""
+        if not self.id_map:
+            raise ValueError("add_with_ids: this index numbers items by position, as "
+                             "faiss.IndexFlat; build it with id_map=True to give ids")
         self._require_trained()
         inputs = self._inputs(x, progress)
         ids = checks.as_ids(ids, len(inputs.tensor), nonnegative=True)
@@ -150,55 +168,60 @@ class GenerativeIndex:
 
     def remove_ids(self, ids: Any) -> int:
         """Remove the items with these ids (an id array or a Faiss ``IDSelector``);
-        returns how many were present."""
+        returns how many were present. Positions (no ``id_map``) are renumbered
+        0..n-1 in order, as ``faiss.IndexFlat`` does."""
         with self._lock:
             state = self._require_trained()
             ids = checks.as_removal(ids, state.trie.ids)
-            removed = int(state.trie.contains(ids).sum())
-            if removed:
-                self._state = state.remove(ids)
-            return removed
-
-    def reset(self) -> None:
-        """Remove every item; the trained model stays."""
-        with self._lock:
-            state = self._state
-            if state is not None:
-                self._state = state.remove(state.trie.ids)
-            self._next_id = 0
+            present = ids[state.trie.contains(ids)]
+            if len(present) and self.id_map:
+                self._state = state.remove(present)
+            elif len(present):
+                self._state = state.renumber(present)
+                self._next_id = len(self._state.trie)
+            return len(present)
 
     # ---------------------------------------------------------------- search
-    def search(self, x: Any, k: int, *, beam_size: int | None = None,
-               filter: Any = None, dtype: Any = None, timings: dict[str, float] | None = None,
-               progress: bool = False) -> SearchResult:
+    def search(self, x: Any, k: int, *, params: Any = None, D: np.ndarray | None = None,
+               I: np.ndarray | None = None, beam_size: int | None = None,  # noqa: E741
+               order: str | None = None, k_factor: float | None = None, filter: Any = None,
+               dtype: Any = None, timings: dict[str, float] | None = None,
+               progress: bool | None = None) -> SearchResult:
         """The ``k`` best items for each query row of ``x``: ``D, I = index.search(x, k)``.
 
-        ``beam_size`` (default ``max(k, 10)``): identifiers kept at each step (at
-        most as many as the index has); with ``beam_size >= k`` every row is full
-        when the index holds k items. ``k`` may exceed the items (rows are padded
-        with ``-1``); a result too big for free memory is refused, by size.
-        ``filter``: allowed ids, a boolean mask by id or a Faiss ``IDSelector``
-        (:func:`genindex.checks.as_filter`); the search then follows only
-        identifiers that lead to an allowed item, as an index of those items.
-        ``dtype``: the decoder's precision, None or ``"float32"`` (exact),
-        ``"bfloat16"`` or ``"float16"`` (faster where the hardware has it; scores
-        off by about 1e-2, docs/performance.md). ``timings``: a dict that adds up
-        the seconds of each part (:data:`genindex.beam.TIMED_PARTS`).
+        ``order``: ``"metric"`` (default with stored vectors), the generative top
+        ``k * k_factor`` items ranked by exact distance, ``D`` in metric units;
+        ``"generative"``, the paper's order, ``D`` log-probabilities.
+        ``beam_size`` (default ``nprobe`` or ``max(k, 10)``): identifiers kept
+        per step. ``k`` may exceed the items (padded); a result too big for
+        free memory is refused. ``filter``: allowed ids, a boolean mask by id or
+        a Faiss ``IDSelector``. ``params``: these as a ``SearchParameters`` or
+        ``faiss.SearchParameters``. ``D``, ``I``: output arrays, as Faiss's.
+        ``dtype``: decoder precision (None/float32 exact, bfloat16, float16).
+        ``timings``: seconds per part (:data:`genindex.beam.TIMED_PARTS`).
         """
         state = self._require_trained()
         k = checks.as_k(k)
         checks.check_result_size(1, k)  # before any work: even one row would not fit
-        beam_size = checks.as_beam_size(beam_size, k)
+        query = faiss_api.resolve_query(self, k, params, {
+            "beam_size": beam_size, "order": order, "k_factor": k_factor, "filter": filter})
         dtype = compute_dtype(dtype)
         checks.check_timings(timings)
         trie = None
-        if filter is not None:
-            trie = self._filters.restrict(state.trie, checks.as_filter(filter, state.trie.ids))
+        if query.filter is not None:
+            trie = self._filters.restrict(state.trie, checks.as_filter(query.filter,
+                                                                       state.trie.ids))
+        progress = self.verbose if progress is None else progress
         queries = self._inputs(x, progress).tensor
         checks.check_result_size(len(queries), k)
-        scores, ids = search(state, queries, k, beam_size, trie=trie, dtype=dtype,
+        out = checks.as_outputs(D, I, len(queries), k)
+        scores, ids = search(state, queries, k, query.beam_size, metric=query.metric,
+                             k_factor=query.k_factor, trie=trie, dtype=dtype,
                              timings=timings, progress=progress)
-        return SearchResult(scores, ids)
+        if out is None:
+            return SearchResult(scores, ids)
+        out[0][...], out[1][...] = scores, ids
+        return SearchResult(*out)
 
     def refresh(self, labels: Any = None, ids: Any = None, *, steps: int | None = None,
                 replay: float = 1.0, progress: bool = False) -> RefreshHistory:
@@ -265,19 +288,6 @@ class GenerativeIndex:
 
     # ------------------------------------------------------------ properties
     @property
-    def d(self) -> int:
-        return self._d
-
-    @property
-    def ntotal(self) -> int:
-        state = self._state
-        return 0 if state is None else len(state.trie)
-
-    @property
-    def is_trained(self) -> bool:
-        return self._state is not None
-
-    @property
     def ids(self) -> np.ndarray:
         """The ids of all items, in identifier order."""
         state = self._state
@@ -317,41 +327,6 @@ class GenerativeIndex:
 
     def __repr__(self) -> str:
         return f"GenerativeIndex(d={self.d}, ntotal={self.ntotal}, is_trained={self.is_trained})"
-
-    # ----------------------------------------------------------- persistence
-    def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:
-        """Write the index to the file ``path``, atomically (see genindex.container):
-        an index file there is replaced, another file only if ``overwrite``, a
-        folder never. A frozen pretrained backbone is saved by name, any other
-        with its weights."""
-        with self._lock:
-            saved = schema.Saved(self.d, self.config, self.backbone, self._require_trained(),
-                                 self._next_id, self._refreshes)
-        schema.write_index(path, saved, overwrite)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, *, device: str | torch.device | None = None,
-             backbone: str | Backbone | None = None,
-             cache_dir: str | os.PathLike | None = None, cache: bool = True,
-             mmap: bool = False) -> GenerativeIndex:
-        """Read an index file :meth:`save` wrote (or a genindex 0.1 folder); unpickles nothing.
-
-        Every size, checksum and array is checked: a damaged, inconsistent or
-        crafted file raises :class:`IndexFormatError`. ``device``: where to search
-        (default: CUDA when present, else the CPU). ``mmap``: map the code table
-        and vectors from the file (replace the file, never rewrite it in place:
-        see genindex.container). ``backbone``: this frozen backbone (a name or
-        object) instead of the one the file names; weights are never read from a
-        path written in a file.
-        """
-        device = default_device() if device is None else checks.as_device(device)
-        given = None if backbone is None else get_backbone(backbone)
-        saved = schema.read_index(path, mmap=mmap, backbone=given)
-        index = cls(saved.d, saved.config, backbone=saved.backbone, cache_dir=cache_dir,
-                    cache=cache)
-        index._state, index._next_id, index._refreshes = (saved.snapshot, saved.next_id,
-                                                          saved.refreshes)
-        return index.to(device)
 
     # --------------------------------------------------------------- private
     def _inputs(self, x: Any, progress: bool) -> _Inputs:

@@ -46,25 +46,26 @@ class Saved(NamedTuple):
     snapshot: Snapshot
     next_id: int
     refreshes: int
+    metric: str | None = "l2"  # None: no stored vectors, the generative order only
+    id_map: bool = True  # ids given (faiss.IndexIDMap2) or positions (faiss.IndexFlat)
+    nprobe: int | None = None  # the default beam size set by the user
+    k_factor: float = 1.0  # the default share of candidates the metric order ranks
 
 
 def write_index(path: str | os.PathLike, saved: Saved, overwrite: bool = False) -> None:
     """Write ``saved`` to the file ``path``, atomically (see :mod:`genindex.container`)."""
-    snapshot, backbone, config = saved.snapshot, saved.backbone, saved.config
-    tensors = {**{f"tokenizer.{k}": v for k, v in snapshot.tokenizer.state_dict().items()},
-               **{f"decoder.{k}": v for k, v in snapshot.decoder.state_dict().items()}}
-    if backbone is not None and not config.end_to_end and not backbone.pretrained_weights:
-        tensors.update({f"backbone.{k}": v for k, v in backbone.state_dict().items()})
-    arrays = {"ids": snapshot.trie.ids, "codes": snapshot.trie.codes,
-              "fresh_ids": snapshot.fresh}
-    if snapshot.vectors is not None:
-        arrays["vector_ids"], arrays["vectors"] = snapshot.vectors.ids, snapshot.vectors.vectors
-    body = {"d": saved.d, "config": config.to_dict(), "next_id": saved.next_id,
-            "refreshes": saved.refreshes, "num_classes": snapshot.tokenizer.num_classes,
-            "codebook_size": snapshot.tokenizer.quantizer.codebook_size,
-            "backbone": None if backbone is None else backbone.spec()}
-    arrays.update({k: v.detach().cpu().numpy() for k, v in tensors.items()})
-    container.write(path, body, arrays, overwrite)
+    container.write(path, *_parts(saved), overwrite)
+
+
+def dumps(saved: Saved) -> bytes:
+    """``saved`` as the bytes of an index file (pickling, ``faiss.serialize_index``)."""
+    return container.dumps(*_parts(saved))
+
+
+def loads(blob: bytes, backbone: Backbone | None = None) -> Saved:
+    """The index :func:`dumps` gave, checked as :func:`read_index` checks a file."""
+    body, arrays = container.loads(blob)
+    return _saved(body, _tensors(arrays), arrays, "the serialized index", backbone)
 
 
 def read_index(path: str | os.PathLike, mmap: bool = False,
@@ -80,7 +81,39 @@ def read_index(path: str | os.PathLike, mmap: bool = False,
         body, tensors, arrays = legacy.read_folder(path, mmap=mapped)
     else:
         body, arrays = container.read(path, mmap=mapped)
-        tensors = {k: torch.from_numpy(arrays.pop(k)) for k in [k for k in arrays if "." in k]}
+        tensors = _tensors(arrays)
+    return _saved(body, tensors, arrays, path, backbone)
+
+
+def _parts(saved: Saved) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The body and the named arrays (tensors included) of ``saved``."""
+    snapshot, backbone, config = saved.snapshot, saved.backbone, saved.config
+    tensors = {**{f"tokenizer.{k}": v for k, v in snapshot.tokenizer.state_dict().items()},
+               **{f"decoder.{k}": v for k, v in snapshot.decoder.state_dict().items()}}
+    if backbone is not None and not config.end_to_end and not backbone.pretrained_weights:
+        tensors.update({f"backbone.{k}": v for k, v in backbone.state_dict().items()})
+    arrays = {"ids": snapshot.trie.ids, "codes": snapshot.trie.codes,
+              "fresh_ids": snapshot.fresh}
+    if snapshot.vectors is not None:
+        arrays["vector_ids"], arrays["vectors"] = snapshot.vectors.ids, snapshot.vectors.vectors
+    body = {"d": saved.d, "config": config.to_dict(), "next_id": saved.next_id,
+            "refreshes": saved.refreshes, "num_classes": snapshot.tokenizer.num_classes,
+            "codebook_size": snapshot.tokenizer.quantizer.codebook_size,
+            "backbone": None if backbone is None else backbone.spec(),
+            "metric": saved.metric, "id_map": saved.id_map, "nprobe": saved.nprobe,
+            "k_factor": saved.k_factor}
+    arrays.update({k: v.detach().cpu().numpy() for k, v in tensors.items()})
+    return body, arrays
+
+
+def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """The model tensors (names with a dot) taken out of ``arrays``."""
+    return {k: torch.from_numpy(arrays.pop(k)) for k in [k for k in arrays if "." in k]}
+
+
+def _saved(body: dict[str, Any], tensors: dict[str, torch.Tensor],
+           arrays: dict[str, np.ndarray], path: Any, backbone: Backbone | None) -> Saved:
+    """The index these parts hold, every part checked against the others."""
     if backbone is not None:
         _check_given(body, backbone)
     try:
@@ -90,12 +123,30 @@ def read_index(path: str | os.PathLike, mmap: bool = False,
             backbone = _backbone(body.get("backbone"), config, tokenizer, tensors)
         snapshot, next_id = _snapshot(body, arrays, tokenizer, decoder, config.store_vectors)
         return Saved(body["d"], config, backbone, snapshot, next_id,
-                     int(body.get("refreshes", 0)))
+                     int(body.get("refreshes", 0)), *_options(body, config))
     except IndexFormatError:
         raise
     except (KeyError, TypeError, ValueError, RuntimeError, OverflowError,
             RecursionError) as error:
         raise IndexFormatError(f"{path} does not hold a consistent index: {error}") from None
+
+
+def _options(body: dict[str, Any], config: IndexConfig) -> tuple:
+    """``(metric, id_map, nprobe, k_factor)``; files written before they existed: L2
+    where vectors are stored, ids as given, no nprobe, k_factor 1."""
+    metric = body.get("metric", "l2" if config.store_vectors else None)
+    id_map, nprobe, k_factor = body.get("id_map", True), body.get("nprobe"), body.get(
+        "k_factor", 1.0)
+    if metric not in (("l2", "ip") if config.store_vectors else (None,)):
+        raise IndexFormatError(f"metric={metric!r} is not valid for an index "
+                               f"{'with' if config.store_vectors else 'without'} stored vectors")
+    if not isinstance(id_map, bool) or not (nprobe is None or (
+            type(nprobe) is int and 0 < nprobe <= 2**31)):
+        raise IndexFormatError(f"id_map={id_map!r} or nprobe={nprobe!r} is not valid")
+    if isinstance(k_factor, bool) or not isinstance(k_factor, (int, float)) or not (
+            1 <= k_factor <= 2**20):
+        raise IndexFormatError(f"k_factor={k_factor!r} is not a number in [1, 2**20]")
+    return metric, id_map, nprobe, float(k_factor)
 
 
 def _check_given(body: dict[str, Any], backbone: Backbone) -> None:

@@ -51,6 +51,20 @@ class Snapshot(NamedTuple):
         return self._replace(trie=self.trie.remove(ids), vectors=vectors,
                              fresh=with_fresh(self.fresh, removed=ids))
 
+    def renumber(self, removed: np.ndarray) -> Snapshot:
+        """This snapshot, whose ids are positions 0..n-1, without the items ``removed``
+        and the others numbered 0..n-1 again in the same order (``faiss.IndexFlat``)."""
+        gone = np.unique(np.asarray(removed, dtype=np.int64))
+        kept = self.remove(gone)
+
+        def shift(ids: np.ndarray) -> np.ndarray:
+            return ids - np.searchsorted(gone, ids)
+
+        trie = Trie(kept.trie.codes, shift(kept.trie.ids), kept.trie.codebook_size)
+        vectors = None if kept.vectors is None else VectorStore(shift(kept.vectors.ids),
+                                                                kept.vectors.vectors)
+        return kept._replace(trie=trie, vectors=vectors, fresh=with_fresh(shift(kept.fresh)))
+
 
 def with_fresh(fresh: np.ndarray, added: np.ndarray | None = None,
                removed: np.ndarray | None = None) -> np.ndarray:

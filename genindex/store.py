@@ -48,8 +48,9 @@ class VectorStore:
         """The vectors of ``ids`` (all present), in the order given."""
         return self.vectors[np.searchsorted(self.ids, ids)]
 
-    def distance(self, device: torch.device, queries: torch.Tensor):
-        """A function ``(query_index, ids) -> squared L2 distance`` for beam search."""
+    def distance(self, device: torch.device, queries: torch.Tensor, metric: str = "l2"):
+        """A function ``(query_index, ids) -> value`` for beam search: the squared L2
+        distance (``metric="l2"``) or the inner product (``"ip"``) of each pair."""
         with self._lock:
             if device not in self._tensors:
                 self._tensors[device] = (torch.as_tensor(self.ids, device=device),
@@ -57,8 +58,11 @@ class VectorStore:
             ids_sorted, vectors = self._tensors[device]
 
         def distance(query_index: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-            rows = torch.searchsorted(ids_sorted, ids)
-            diff = vectors[rows] - queries[query_index].float()
+            rows = vectors[torch.searchsorted(ids_sorted, ids)]
+            query = queries[query_index].float()
+            if metric == "ip":
+                return (rows * query).sum(dim=1)
+            diff = rows - query
             return (diff * diff).sum(dim=1)
 
         return distance

@@ -30,9 +30,10 @@ def data() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def trained(data) -> GenerativeIndex:
-    """A tiny index fitted on ``data`` (do not mutate: copy it with save/load)."""
+    """A tiny index fitted on ``data``, ids kept as given (``id_map=True``: do not mutate,
+    copy it with copy.copy)."""
     x, labels = data
-    return GenerativeIndex.fit(x, labels, TINY, device="cpu", progress=False)
+    return GenerativeIndex.fit(x, labels, TINY, id_map=True, device="cpu", progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -111,5 +111,7 @@ def test_search_in_bounded_batches_equals_one_batch_and_times_every_part(trained
     parts = beam.search(state, torch.from_numpy(x), 5, 10, timings=timings)
     np.testing.assert_array_equal(parts[1], whole[1])
     np.testing.assert_allclose(parts[0], whole[0], rtol=1e-6)
-    np.testing.assert_array_equal(trained.search(x, 5).ids, whole[1])
+    np.testing.assert_array_equal(trained.search(x, 5, order="generative").ids, whole[1])
+    metric = beam.search(state, torch.from_numpy(x), 5, 10, metric="l2")
+    np.testing.assert_array_equal(trained.search(x, 5).ids, metric[1])
     assert set(timings) == set(beam.TIMED_PARTS) and all(t >= 0 for t in timings.values())

@@ -53,7 +53,7 @@ def built(files, tmp_path_factory):
     out = tmp_path_factory.mktemp("built") / "ix"
     code = main(["build", "--vectors", str(files["x"]), "--labels", str(files["y"]),
                  "--out", str(out), "--config", str(files["config"]), "--device", "cpu",
-                 "-q"])
+                 "--id-map", "-q"])
     assert code == 0
     return out
 
@@ -61,7 +61,8 @@ def built(files, tmp_path_factory):
 def test_build_writes_the_index_the_library_builds(built, files):
     index = GenerativeIndex.load(built, device="cpu")
     x, y = np.load(files["x"]), np.load(files["y"])
-    reference = GenerativeIndex.fit(x, y, TINY, device="cpu", progress=False)
+    reference = GenerativeIndex.fit(x, y, TINY, id_map=True, device="cpu", progress=False)
+    assert index.id_map and index.metric == "l2"
     assert index.ntotal == len(x) and index.d == x.shape[1]
     np.testing.assert_array_equal(index.encode(x), reference.encode(x))
     np.testing.assert_array_equal(index.search(x[:5], 3).ids, reference.search(x[:5], 3).ids)
@@ -75,10 +76,13 @@ def test_search_prints_what_index_search_returns(built, files, capsys):
     expected = GenerativeIndex.load(built, device="cpu").search(np.load(files["q"]), 3)
     np.testing.assert_array_equal(result["ids"], expected.ids)
     np.testing.assert_allclose(result["scores"], expected.scores, rtol=1e-6)
-    code, table, _ = run(["search", built, "--vectors", files["q"], "-k", 2, "-q"], capsys)
+    code, table, _ = run(["search", built, "--vectors", files["q"], "-k", 2, "-q",
+                          "--order", "generative"], capsys)
     rows = [line.split() for line in table.splitlines()[1:]]
+    expected = GenerativeIndex.load(built).search(np.load(files["q"]), 2, order="generative")
     assert code == 0 and len(rows) == 2 * len(expected.ids)
     assert [int(r[2]) for r in rows[:2]] == expected.ids[0, :2].tolist()
+    assert [float(r[3]) for r in rows[:2]] == pytest.approx(expected.scores[0, :2], abs=1e-4)
 
 
 def test_add_then_info(built, files, tmp_path, capsys):

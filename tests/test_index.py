@@ -21,7 +21,14 @@ def copy_of(index: GenerativeIndex, tmp_path, name: str = "copy") -> GenerativeI
     return GenerativeIndex.load(tmp_path / name, device="cpu")
 
 
-def check_contract(index: GenerativeIndex, result: SearchResult, n: int, k: int) -> None:
+def check_contract(index: GenerativeIndex, result: SearchResult, n: int, k: int,
+                   order: str | None = None) -> None:
+    """The result of ``index.search(x, k, order=order)`` as Faiss code expects it: D in
+    the order's units and direction, padding at the end (Faiss's values for a metric,
+    -inf for log-probabilities)."""
+    from genindex.beam import PADDING
+
+    generative = order == "generative" or index.metric is None
     D, I = result
     assert D.shape == I.shape == (n, k)
     assert D.dtype == np.float32 and I.dtype == np.int64
@@ -32,9 +39,15 @@ def check_contract(index: GenerativeIndex, result: SearchResult, n: int, k: int)
         assert (row[:len(found)] >= 0).all(), "padding only at the end of a row"
         assert len(set(found.tolist())) == len(found), "an id twice in one row"
         assert set(found.tolist()) <= present, "an id that is not in the index"
-        assert np.all(np.isneginf(scores[len(found):]))
-        assert np.all(np.isfinite(scores[:len(found)])) and np.all(scores[:len(found)] <= 0)
-        assert np.all(np.diff(scores[:len(found)]) <= 0), "scores must not increase"
+        kept = scores[:len(found)]
+        assert np.all(scores[len(found):] == PADDING[None if generative else index.metric])
+        assert np.all(np.isfinite(kept))
+        if generative:
+            assert np.all(kept <= 0) and np.all(np.diff(kept) <= 0), "log-probabilities"
+        elif index.metric == "l2":
+            assert np.all(kept >= 0) and np.all(np.diff(kept) >= 0), "squared L2, ascending"
+        else:
+            assert np.all(np.diff(kept) <= 0), "inner products, descending"
         assert len(found) == expected_full
 
 
@@ -42,6 +55,7 @@ def check_contract(index: GenerativeIndex, result: SearchResult, n: int, k: int)
 def test_search_contract(trained, data, k):
     x, _ = data
     check_contract(trained, trained.search(x[:13], k), 13, k)
+    check_contract(trained, trained.search(x[:13], k, order="generative"), 13, k, "generative")
 
 
 def test_k_larger_than_ntotal_pads_with_minus_one(tmp_path, data):
@@ -49,7 +63,7 @@ def test_k_larger_than_ntotal_pads_with_minus_one(tmp_path, data):
     index.remove_ids(np.arange(3, 200))
     D, I = index.search(data[0][:4], 6)
     assert (np.sort(I[:, :3], axis=1) == [0, 1, 2]).all()
-    assert (I[:, 3:] == -1).all() and np.isneginf(D[:, 3:]).all()
+    assert (I[:, 3:] == -1).all() and (D[:, 3:] == np.finfo(np.float32).max).all()
     check_contract(index, (D, I), 4, 6)
 
 
@@ -126,7 +140,7 @@ def test_reset_keeps_the_model(trained, data, tmp_path):
     index.reset()
     assert index.ntotal == 0 and index.is_trained
     D, I = index.search(x[:2], 4)
-    assert (I == -1).all() and np.isneginf(D).all()
+    assert (I == -1).all() and (D == np.finfo(np.float32).max).all()  # Faiss's padding
     index.add(x[:5])
     assert sorted(index.ids.tolist()) == [0, 1, 2, 3, 4]
 
