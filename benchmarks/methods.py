@@ -75,9 +75,13 @@ class Linear(Method):
 
 class GenIndex(Method):
     """genindex's GenerativeIndex; reads the images through its backbone when given.
-    Query parameter: ``beam_size`` (None: the index's default, ``max(k, 10)``)."""
+    Query parameters: ``beam_size`` (None: the index's default, ``max(k, 10)``) and
+    ``order``: ``"generative"`` (the paper's ranking) or ``"metric"`` (the generative
+    top k ranked by exact L2 distance, what Faiss code reads). ``rows``: the table
+    rows one built index gives, by name, with their query arguments."""
 
     name = "genindex"
+    rows = {"genindex": {"order": "generative"}, "genindex, metric order": {"order": "metric"}}
 
     def __init__(self, config=None, backbone=None, device: str = "cpu",
                  progress: bool = True, note: str | None = None) -> None:
@@ -93,14 +97,15 @@ class GenIndex(Method):
         self.index = GenerativeIndex.fit(data, labels, self.config, backbone=backbone,
                                          device=self.device, progress=self.progress)
 
-    def set_query_arguments(self, beam_size: int | None = None) -> None:
-        self.beam_size = beam_size
+    def set_query_arguments(self, beam_size: int | None = None,
+                            order: str = "generative") -> None:
+        self.beam_size, self.order = beam_size, order
 
     def search(self, queries, k, images=None, timings: dict[str, float] | None = None):
         """``timings``, if given, accumulates seconds per part of the search
         (``genindex.beam.TIMED_PARTS``)."""
         data = images if images is not None and self.backbone is not None else queries
-        return self.index.search(data, k, beam_size=self.beam_size, order="generative",
+        return self.index.search(data, k, beam_size=self.beam_size, order=self.order,
                                  timings=timings).ids
 
     def nbytes(self):

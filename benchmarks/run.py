@@ -155,17 +155,22 @@ def features(data: datasets.Dataset, backbone, backbone_name: str, *, device: st
 
 
 def run_methods(args, setup: Setup, db, queries, names, metric, ks, label):
-    """Fit and search each method; one result row each (and the genindex method)."""
+    """Fit and search each method; its result rows (genindex: one per order, from one
+    built index) and the genindex method."""
     rows, genindex, data = [], None, setup.data
     for method in make_methods(names, args, metric, len(db), setup):
         _, build_s = timed(method.fit, db, data.db_labels, images=data.db_images)
-        ids, search_s = timed(method.search, queries, MAP_K, images=data.query_images)
-        row = MethodRow(method=method.name, backbone=label, metrics=evaluate(ids, data, ks),
-                        qps=len(queries) / search_s, build_s=build_s, bytes=method.nbytes(),
-                        note=getattr(method, "note", None) or None, pr_curve=pr_curve(ids, data))
-        rows.append(row)
-        print(f"{method.name} ({label}): built in {build_s:.1f} s, searched in {search_s:.1f} s"
-              + (f" ({row.note})" if row.note else ""), flush=True)
+        for name, arguments in getattr(method, "rows", {method.name: {}}).items():
+            method.set_query_arguments(**arguments)
+            ids, search_s = timed(method.search, queries, MAP_K, images=data.query_images)
+            row = MethodRow(method=name, backbone=label, metrics=evaluate(ids, data, ks),
+                            qps=len(queries) / search_s, build_s=build_s,
+                            bytes=method.nbytes(), note=getattr(method, "note", None) or None,
+                            pr_curve=pr_curve(ids, data))
+            rows.append(row)
+            print(f"{name} ({label}): built in {build_s:.1f} s, searched in {search_s:.1f} s"
+                  + (f" ({row.note})" if row.note else ""), flush=True)
+        method.set_query_arguments()
         if method.name == "genindex":
             genindex = method
     return rows, genindex

@@ -137,13 +137,13 @@ class GenerativeIndex(faiss_api.FaissMethods):
         """
         return self._train(self._inputs(x, progress), labels, progress).history
 
-    def add(self, x: Any, *, progress: bool = False) -> None:
+    def add(self, x: Any, *, progress: bool | None = None) -> None:
         """Add items with consecutive new ids (after the largest id ever used).
 
         The decoder is not retrained: see :meth:`refresh`.
         """
         self._require_trained()
-        inputs = self._inputs(x, progress)
+        inputs = self._inputs(x, self.verbose if progress is None else progress)
         with self._lock:
             first, n = self._next_id, len(inputs.tensor)
             if first > np.iinfo(np.int64).max - n + 1:
@@ -151,14 +151,14 @@ class GenerativeIndex(faiss_api.FaissMethods):
                                  "the largest id used; use add_with_ids")
             self._insert(inputs, np.arange(first, first + n, dtype=np.int64))
 
-    def add_with_ids(self, x: Any, ids: Any, *, progress: bool = False) -> None:
+    def add_with_ids(self, x: Any, ids: Any, *, progress: bool | None = None) -> None:
         """Add items under the given distinct int64 ids, none of them already present
         (an ``id_map=True`` index only, as Faiss's ``IndexIDMap2``)."""
         if not self.id_map:
             raise ValueError("add_with_ids: this index numbers items by position, as "
                              "faiss.IndexFlat; build it with id_map=True to give ids")
         self._require_trained()
-        inputs = self._inputs(x, progress)
+        inputs = self._inputs(x, self.verbose if progress is None else progress)
         ids = checks.as_ids(ids, len(inputs.tensor), nonnegative=True)
         with self._lock:
             present = self._state.trie.contains(ids)
