@@ -276,3 +276,16 @@ def test_faiss_contrib_evaluation_and_sharded_merging(model, data):
                                      np.stack([p[1] + (0, 100)[i] for i, p in enumerate(parts)]),
                                      keep_max=index.metric_type == faiss.METRIC_INNER_PRODUCT)
     check_ref_knn_with_draws(Dref, Iref, Dm, Im)
+
+
+def test_big_batch_search_needs_an_ivf_index_on_both(trained, data):
+    """An intended difference from IVF indexes, the same outcome as IndexFlatL2's:
+    faiss.contrib.big_batch_search reads an IVF index's lists, which neither has."""
+    from faiss.contrib.big_batch_search import big_batch_search
+
+    x = data[0][:5]
+    flat = faiss.IndexFlatL2(x.shape[1])
+    flat.add(data[0])
+    for index in (flat, copy.copy(trained)):
+        with pytest.raises((AttributeError, RuntimeError, TypeError)):
+            big_batch_search(index, x, 3)
