@@ -126,8 +126,9 @@ def _search_batch(snapshot: Snapshot, trie: Trie, batch: torch.Tensor, beam_size
     with _timed(timings, "items", batch.device):
         scores, ids = top_items(trie, beams, pool, distance)
         if metric is not None:
-            scores, ids = rank_by_metric(ids, snapshot.vectors.distance(batch.device, vectors,
-                                                                        metric), metric)
+            measure = distance if metric == "l2" else snapshot.vectors.distance(
+                batch.device, vectors, metric)
+            scores, ids = rank_by_metric(ids, measure, metric)
     return scores, ids
 
 

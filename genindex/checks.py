@@ -246,6 +246,14 @@ def as_positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
+def as_k_factor(value: Any) -> float:
+    """The metric order's candidates per result: a number in [1, 2**20]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not 1 <= value <= 2**20:
+        raise ValueError(f"k_factor must be a number in [1, 2**20], got {value!r}")
+    return float(value)
+
+
 def as_nonnegative(value: Any, name: str) -> float:
     """A finite number >= 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):

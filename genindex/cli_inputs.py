@@ -158,8 +158,7 @@ def check_out(out: str, force: bool, fresh: bool) -> None:
     try:
         check_target(path, overwrite=force)
     except ValueError as error:
-        raise ValueError(f"--out {out}: {error}".replace("overwrite=True (CLI: --force)",
-                                                        "--force")) from None
+        raise ValueError(f"--out {out}: {error}") from None
 
 
 def label_kind(labels: np.ndarray) -> str:

@@ -99,17 +99,10 @@ def resolve_query(index: Any, k: int, params: Any, given: dict[str, Any]) -> Que
     if order == "metric" and index.metric is None:
         raise ValueError("order='metric' ranks by the stored vectors; this index has none "
                          "(store_vectors=False): use order='generative'")
-    k_factor = as_k_factor(values.get("k_factor", index.k_factor))
+    k_factor = checks.as_k_factor(values.get("k_factor", index.k_factor))
     beam = values.get("beam_size", index.nprobe)
     return Query(checks.as_beam_size(beam, k), index.metric if order == "metric" else None,
                  k_factor, values.get("filter"))
-
-
-def as_k_factor(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not 1 <= value <= 2**20:
-        raise ValueError(f"k_factor must be a number in [1, 2**20], got {value!r}")
-    return float(value)
 
 
 def _from_params(params: Any) -> dict[str, Any]:
@@ -176,7 +169,7 @@ class FaissMethods:
 
     @k_factor.setter
     def k_factor(self, value: float) -> None:
-        self._k_factor = as_k_factor(value)
+        self._k_factor = checks.as_k_factor(value)
 
     def __setattr__(self, name: str, value: Any) -> None:
         if (not name.startswith("_") and name not in self.__dict__
@@ -321,9 +314,19 @@ class FaissMethods:
     def __reduce__(self):
         """Pickle and ``copy.deepcopy`` through the one-file format: the bytes of an
         index file, checked on the way back; no pickled Python object inside."""
+        return (_unpickle, (self._to_bytes(), str(self.device), self.cache_dir, self.cache,
+                            self.verbose))
+
+    def _to_bytes(self) -> bytes:
+        """The index as the bytes of its index file."""
         with self._lock:
-            blob = schema.dumps(self._saved())
-        return (_unpickle, (blob, str(self.device), self.cache_dir, self.cache, self.verbose))
+            return schema.dumps(self._saved())
+
+    @classmethod
+    def _from_bytes(cls, blob: bytes, device: Any, cache_dir: Any = None,
+                    cache: bool = True) -> Any:
+        """The index of :meth:`_to_bytes`'s bytes, checked as ``load`` checks a file."""
+        return cls._from_saved(schema.loads(blob), device, cache_dir, cache)
 
 
 def _as_count(value: Any, name: str) -> int:
@@ -352,6 +355,6 @@ def _unpickle(blob: bytes, device: str, cache_dir: Any, cache: bool, verbose: bo
     if device.startswith("cuda") and not torch.cuda.is_available():
         log.warning("unpickling an index that was on %s: no CUDA here, so on the CPU", device)
         device = "cpu"
-    index = GenerativeIndex._from_saved(schema.loads(blob), device, cache_dir, cache)
+    index = GenerativeIndex._from_bytes(blob, device, cache_dir, cache)
     index.verbose = verbose
     return index

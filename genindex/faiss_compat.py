@@ -82,25 +82,19 @@ def _read_index(original, source: Any, *args: Any) -> Any:
 def _serialize_index(original, index: Any) -> np.ndarray:
     if not _is_ours(index):
         return original(index)
-    from . import schema
-
-    with index._lock:
-        blob = schema.dumps(index._saved())
-    return np.frombuffer(blob, dtype=np.uint8).copy()
+    return np.frombuffer(index._to_bytes(), dtype=np.uint8).copy()
 
 
 def _deserialize_index(original, data: Any, *args: Any) -> Any:
     from . import container
 
     array = np.asarray(data)
-    if array.dtype == np.uint8 and array.ndim == 1 and container.is_index_bytes(
-            array.tobytes()):
-        from . import schema
+    blob = array.tobytes() if array.dtype == np.uint8 and array.ndim == 1 else None
+    if blob is not None and container.is_index_bytes(blob):
         from .checks import default_device
         from .index import GenerativeIndex
 
-        return GenerativeIndex._from_saved(schema.loads(array.tobytes()), default_device(),
-                                           None, True)
+        return GenerativeIndex._from_bytes(blob, default_device())
     return original(data, *args)
 
 

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from . import container, legacy
+from . import checks, container, legacy
 from .backbones import Backbone, saved_backbone
 from .config import IndexConfig
 from .container import IndexFormatError
@@ -143,10 +143,7 @@ def _options(body: dict[str, Any], config: IndexConfig) -> tuple:
     if not isinstance(id_map, bool) or not (nprobe is None or (
             type(nprobe) is int and 0 < nprobe <= 2**31)):
         raise IndexFormatError(f"id_map={id_map!r} or nprobe={nprobe!r} is not valid")
-    if isinstance(k_factor, bool) or not isinstance(k_factor, (int, float)) or not (
-            1 <= k_factor <= 2**20):
-        raise IndexFormatError(f"k_factor={k_factor!r} is not a number in [1, 2**20]")
-    return metric, id_map, nprobe, float(k_factor)
+    return metric, id_map, nprobe, checks.as_k_factor(k_factor)
 
 
 def _check_given(body: dict[str, Any], backbone: Backbone) -> None:

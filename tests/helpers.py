@@ -81,22 +81,14 @@ def resign(path, body=None, arrays=None) -> None:
 def resign_text(path, edit) -> None:
     """Rewrite the JSON text of a saved index file's body with ``edit(text) -> text``
     and sign the header again: for bodies no JSON encoder writes (Infinity, nesting)."""
-    import json
-    import struct
-
     from genindex import container
 
     blob = open(path, "rb").read()
-    (length,) = struct.unpack("<Q", blob[:8])
-    header = json.loads(blob[8:8 + length])
+    header, data = _split(blob)
     metadata = header["__metadata__"]
-    metadata.pop(container.KEY + "_sha256")
     metadata[container.KEY] = edit(metadata[container.KEY])
-    metadata[container.KEY + "_sha256"] = container._header_digest(header)
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
     with open(path, "wb") as handle:
-        handle.write(struct.pack("<Q", len(text)) + text + blob[8 + length:])
+        handle.write(_signed(header, data))
 
 
 def mutations(blob: bytes, rng: np.random.Generator, count: int, edits: list):
@@ -104,30 +96,47 @@ def mutations(blob: bytes, rng: np.random.Generator, count: int, edits: list):
     flips, 8 random bytes, and a header edited by one of ``edits`` (functions that edit
     the parsed header in place) and signed again, as a deliberate forger would."""
     import json
-    import struct
 
-    from genindex import container
-
-    (length,) = struct.unpack("<Q", blob[:8])
-    header = json.loads(blob[8:8 + length])
+    header, data = _split(blob)
     for i in range(count):
         kind = i % 4
         if kind == 0:
             yield blob[:int(rng.integers(0, len(blob)))]
         elif kind == 1:
-            data = bytearray(blob)
+            mutant = bytearray(blob)
             for position in rng.integers(0, len(blob), int(rng.integers(1, 4))):
-                data[position] ^= 1 << int(rng.integers(0, 8))
-            yield bytes(data)
+                mutant[position] ^= 1 << int(rng.integers(0, 8))
+            yield bytes(mutant)
         elif kind == 2:
-            data = bytearray(blob)
+            mutant = bytearray(blob)
             start = int(rng.integers(0, len(blob)))
-            data[start:start + 8] = rng.integers(0, 256, 8, dtype=np.uint8).tobytes()
-            yield bytes(data)
+            mutant[start:start + 8] = rng.integers(0, 256, 8, dtype=np.uint8).tobytes()
+            yield bytes(mutant)
         else:
             edited = json.loads(json.dumps(header))
             edits[i // 4 % len(edits)](edited)
-            edited["__metadata__"].pop(container.KEY + "_sha256", None)
-            edited["__metadata__"][container.KEY + "_sha256"] = container._header_digest(edited)
-            text = json.dumps(edited).encode()
-            yield struct.pack("<Q", len(text)) + text + blob[8 + length:]
+            yield _signed(edited, data)
+
+
+def _split(blob: bytes) -> tuple[dict, bytes]:
+    """An index file's parsed header and the array bytes after it."""
+    import json
+    import struct
+
+    (length,) = struct.unpack("<Q", blob[:8])
+    return json.loads(blob[8:8 + length]), blob[8 + length:]
+
+
+def _signed(header: dict, data: bytes) -> bytes:
+    """An index file of ``header``, its checksum made anew, and the array bytes ``data``."""
+    import json
+    import struct
+
+    from genindex import container
+
+    metadata = header["__metadata__"]
+    metadata.pop(container.KEY + "_sha256", None)
+    metadata[container.KEY + "_sha256"] = container._header_digest(header)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data
