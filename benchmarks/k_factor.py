@@ -22,20 +22,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import metrics  # noqa: E402
+from benchmarks import datasets, metrics  # noqa: E402
 from benchmarks.run import prepare  # noqa: E402
 from genindex import GenerativeIndex  # noqa: E402
 
 K = 100  # results per query: MAP@100, as the tables
-
-
-def validation_split(labels: np.ndarray, seed: int = 0, cap: int = 2000):
-    """``(db_rows, query_rows)``: one row of each class with at least two (at most ``cap``)."""
-    rng = np.random.default_rng(seed)
-    classes, counts = np.unique(labels, return_counts=True)
-    chosen = rng.permutation(classes[counts >= 2])[:cap]
-    queries = np.array([rng.choice(np.flatnonzero(labels == c)) for c in chosen])
-    return np.setdiff1d(np.arange(len(labels)), queries), np.sort(queries)
 
 
 def row(name: str, ids: np.ndarray, seconds: float, exact: np.ndarray, db_labels, q_labels):
@@ -61,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup = prepare(args)
     labels = np.asarray(setup.data.db_labels)
-    db_rows, q_rows = validation_split(labels)
+    q_rows = datasets.held_out_rows(labels)
+    db_rows = np.setdiff1d(np.arange(len(labels)), q_rows)
     db, queries = setup.db[db_rows], setup.db[q_rows]
     print(f"{args.dataset} validation split: {len(db)} database items, {len(queries)} "
           f"queries (from the database; the reported queries are not read); "

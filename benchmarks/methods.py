@@ -78,15 +78,18 @@ class GenIndex(Method):
     Query parameters: ``beam_size`` (None: the index's default, ``max(k, 10)``) and
     ``order``: ``"generative"`` (the paper's ranking) or ``"metric"`` (the generative
     top k ranked by exact L2 distance, what Faiss code reads). ``rows``: the table
-    rows one built index gives, by name, with their query arguments."""
+    rows one built index gives, by name (``label`` and ``label + ", metric order"``),
+    with their query arguments."""
 
     name = "genindex"
-    rows = {"genindex": {"order": "generative"}, "genindex, metric order": {"order": "metric"}}
 
     def __init__(self, config=None, backbone=None, device: str = "cpu",
-                 progress: bool = True, note: str | None = None) -> None:
+                 progress: bool = True, note: str | None = None,
+                 label: str = "genindex") -> None:
         self.config, self.backbone, self.device = config, backbone, device
         self.progress, self.note = progress, note
+        self.rows = {label: {"order": "generative"},
+                     f"{label}, metric order": {"order": "metric"}}
         self.set_query_arguments()
 
     def fit(self, db, labels, images=None):

@@ -44,7 +44,10 @@ class PRCurve:
 
 @dataclass(frozen=True)
 class MethodRow:
-    """One method on one backbone's features: quality and cost."""
+    """One method on one backbone's features: quality and cost. A row of ``seeds``
+    builds holds their mean in ``metrics`` (and in ``qps``, ``build_s``, the curve)
+    and the per-value minimum and maximum in ``low`` and ``high``. ``exact_recall``:
+    the share of exact search's top 10 (same features, same metric) in its top 10."""
 
     method: str
     backbone: str | None = None
@@ -54,13 +57,44 @@ class MethodRow:
     bytes: int | None = None
     note: str | None = None
     pr_curve: PRCurve | None = None
+    exact_recall: float | None = None
+    seeds: int | None = None
+    low: Metrics | None = None
+    high: Metrics | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MethodRow:
         curve = data.get("pr_curve")
-        return cls(**{**data, "metrics": Metrics.from_dict(data.get("metrics") or {}),
+        bounds = {name: None if data.get(name) is None else Metrics.from_dict(data[name])
+                  for name in ("low", "high")}
+        return cls(**{**data, **bounds,
+                      "metrics": Metrics.from_dict(data.get("metrics") or {}),
                       "pr_curve": None if curve is None else PRCurve(
                           tuple(curve["precision"]), tuple(curve["recall"]))})
+
+
+def mean_row(rows: list[MethodRow]) -> MethodRow:
+    """One row of several seeds' rows of one method: means, with min and max."""
+    first = rows[0]
+
+    def each(reduce, metrics: list[Metrics]) -> Metrics:
+        return Metrics(**{name: {k: float(reduce([getattr(m, name)[k] for m in metrics]))
+                                 for k in getattr(first.metrics, name)}
+                          for _, name in FAMILIES})
+
+    def mean(values) -> float | None:
+        return None if any(v is None for v in values) else sum(values) / len(values)
+
+    found = [row.metrics for row in rows]
+    curves = [row.pr_curve for row in rows]
+    curve = None if any(c is None for c in curves) else PRCurve(
+        *(tuple(sum(v) / len(v) for v in zip(*(getattr(c, part) for c in curves)))
+          for part in ("precision", "recall")))
+    return dataclasses.replace(
+        first, metrics=each(lambda v: sum(v) / len(v), found), low=each(min, found),
+        high=each(max, found), seeds=len(rows), pr_curve=curve,
+        qps=mean([row.qps for row in rows]), build_s=mean([row.build_s for row in rows]),
+        exact_recall=mean([row.exact_recall for row in rows]))
 
 
 @dataclass(frozen=True)
@@ -116,6 +150,7 @@ class Result:
     database: int | None = None
     queries: int | None = None
     ks: tuple[int, ...] | None = None  # the precision/recall columns; None: every K found
+    split: str | None = None  # "test" (the reported queries) or "val" (the validation split)
     metric: str | None = None
     threads: int | None = None
     date: str | None = None
@@ -159,4 +194,4 @@ def present_ks(metrics: list[Metrics], name: str) -> list[int]:
 
 
 __all__ = ["BEAM_TIMINGS", "FAMILIES", "AblationRow", "BeamRow", "FreshRow", "MethodRow",
-           "Metrics", "PRCurve", "Result", "present_ks"]
+           "Metrics", "PRCurve", "Result", "mean_row", "present_ks"]

@@ -1,13 +1,16 @@
 """Run search methods side by side on one data set and print the paper's tables.
 
-    python benchmarks/run.py --dataset emoji [--limit 200] [--methods linear,genindex]
-                             [--ablation ids,length,fresh]
+    python benchmarks/run.py --dataset emoji [--split val] [--seeds 3] [--limit 200]
+                             [--methods linear,genindex] [--ablation ids,length,fresh]
 
 Features come from one backbone (default: EfficientNet-Lite0, which works
 offline) through genindex's feature cache, so every method sees the same
 features and a second run embeds nothing; genindex reads the same features.
-Results go to ``--out`` (default ``results/<dataset>/``): ``results.json``,
-``tables.md`` and PNG plots.
+``--split val`` runs on the data set's validation split (no reported query is
+read), where settings are chosen; ``--split test`` (the default) on the
+reported queries. Every genindex config is built with ``--seeds`` seeds and
+reported as the mean [min, max]. Results go to ``--out`` (default
+``results/<dataset>[-val]/``): ``results.json``, ``tables.md`` and PNG plots.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import datasets, metrics, report  # noqa: E402
-from benchmarks.baselines import IVFPQ, DiskANN, ScaNN, ivfpq_nlist  # noqa: E402
+from benchmarks.baselines import HNSW, IVFPQ, DiskANN, ScaNN, ivfpq_nlist  # noqa: E402
+from benchmarks.labelled import NCM, Classifier  # noqa: E402
 from benchmarks.methods import GenIndex, Linear, timed  # noqa: E402
-from benchmarks.rows import AblationRow, MethodRow, Metrics, PRCurve, Result  # noqa: E402
+from benchmarks.rows import AblationRow, MethodRow, Metrics, PRCurve, Result, mean_row  # noqa: E402
 from benchmarks.sweep import beam_sweep  # noqa: E402
 from genindex import IndexConfig  # noqa: E402
 from genindex.backbones import get_backbone  # noqa: E402
@@ -38,7 +42,9 @@ K_PRECISION = {"inshop": (1, 10, 20, 30), "cub200": (1, 2, 4, 8), "cars196": (1,
 DEFAULT_K = (1, 3, 10)
 MRR_K = (1, 2, 4, 8)
 MAP_K = 100
-METHODS = ("linear", "ivfpq", "scann", "diskann", "genindex")
+EXACT_K = 10  # recall@10 against exact search: the number ANN users read
+METHODS = ("linear", "ivfpq", "hnsw", "scann", "diskann", "ncm", "classifier", "genindex")
+FT_METHODS = ("linear", "ivfpq", "hnsw", "scann", "diskann", "ncm")  # also on FT features
 ABLATIONS = ("ids", "length", "fresh")
 
 
@@ -46,16 +52,25 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True, help=f"one of {datasets.names()}")
     parser.add_argument("--data-root", help="where the data set lives or is fetched to")
+    parser.add_argument("--split", choices=datasets.SPLITS, default="test",
+                        help="test: the reported queries; val: the validation split, "
+                        "where settings are chosen")
+    parser.add_argument("--query-vendor", help="emoji: whose drawings are the queries "
+                        "(default google)")
     parser.add_argument("--limit", type=int, help="keep only the first N classes")
     parser.add_argument("--backbone", default="efficientnet-lite0")
     parser.add_argument("--metric", choices=("l2", "cosine"),
                         help="exact-search metric (default: cosine for CLIP, else L2)")
     parser.add_argument("--methods", default=",".join(METHODS),
                         help=f"comma-separated, from {','.join(METHODS)}")
-    parser.add_argument("--config", help="genindex IndexConfig as JSON (end_to_end: true "
-                        "fine-tunes the backbone on the images, the paper); default: "
-                        "benchmarks/configs/<dataset>.json where it exists, else 'default', "
-                        "the IndexConfig defaults")
+    parser.add_argument("--config", help="comma-separated genindex IndexConfig JSON files "
+                        "(end_to_end: true fine-tunes the backbone on the images, the "
+                        "paper), or 'default' (the IndexConfig defaults); default: "
+                        "benchmarks/configs/<dataset>.json and <dataset>-*.json where "
+                        "they exist, else 'default'")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="genindex builds per config (seeds 0..N-1), reported as the "
+                        "mean [min, max]")
     parser.add_argument("--no-ft", action="store_true",
                         help="skip the FT baseline (the ANN methods on fine-tuned features)")
     parser.add_argument("--beam-sizes", default="1,10,20,30",
@@ -70,6 +85,8 @@ def parse_args(argv):
         unknown = sorted(set(_split(getattr(args, name))) - set(known))
         if unknown:
             parser.error(f"--{name}: unknown {unknown}; known: {', '.join(known)}")
+    if args.seeds < 1:
+        parser.error(f"--seeds must be at least 1, got {args.seeds}")
     return args
 
 
@@ -78,7 +95,8 @@ def _split(text: str) -> list[str]:
 
 
 def genindex_config(choice: str | None, dataset: str) -> tuple[IndexConfig | None, str]:
-    """The genindex build parameters and their name: a data set's tuned file, or defaults."""
+    """One genindex config and its name: a file, 'default', or (None) the data set's own
+    tuned file where there is one, else the defaults."""
     tuned = CONFIGS / f"{dataset}.json"
     if choice == "default" or (choice is None and not tuned.exists()):
         return None, "default"
@@ -89,48 +107,93 @@ def genindex_config(choice: str | None, dataset: str) -> tuple[IndexConfig | Non
     return IndexConfig.from_json(path.read_text()), name
 
 
-class Setup(NamedTuple):
-    """What every runner starts from: the genindex config, the data and its features."""
+def genindex_configs(choice: str | None, dataset: str) -> list[tuple[IndexConfig | None, str]]:
+    """Every genindex config to run: those named (comma-separated), or the data set's
+    ``<dataset>.json`` and ``<dataset>-*.json`` files, or the defaults."""
+    if choice is not None:
+        return [genindex_config(part, dataset) for part in _split(choice)]
+    files = [CONFIGS / f"{dataset}.json"] + sorted(CONFIGS.glob(f"{dataset}-*.json"))
+    found = [str(path) for path in files if path.is_file()]
+    return [(IndexConfig.from_json(Path(path).read_text()),
+             f"benchmarks/configs/{Path(path).name}") for path in found] or [(None, "default")]
 
-    config: IndexConfig | None
-    config_name: str
+
+class Setup(NamedTuple):
+    """What every runner starts from: the genindex configs, the data and its features."""
+
+    configs: list[tuple[IndexConfig | None, str]]
     data: datasets.Dataset
     backbone: Any
     db: np.ndarray
     queries: np.ndarray
 
+    @property
+    def config(self) -> IndexConfig | None:
+        """The first config (the runners that build one index use it)."""
+        return self.configs[0][0]
+
+    @property
+    def config_name(self) -> str:
+        return self.configs[0][1]
+
 
 def prepare(args) -> Setup:
-    """The runners' common start: logging, threads, config, data set, backbone, features.
-    ``args`` has dataset, data_root, limit, backbone, config, device, threads and quiet."""
+    """The runners' common start: logging, threads, configs, data set, backbone, features.
+    ``args`` has dataset, data_root, limit, backbone, config, device, threads and quiet,
+    and may have split and query_vendor."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    config, config_name = genindex_config(args.config, args.dataset)
-    data = datasets.load(args.dataset, args.data_root, args.limit)
+    configs = genindex_configs(args.config, args.dataset)
+    options = {"query_vendor": args.query_vendor} if getattr(args, "query_vendor", None) \
+        else {}
+    data = datasets.load(args.dataset, args.data_root, args.limit,
+                         split=getattr(args, "split", "test"), **options)
     backbone = get_backbone(args.backbone).to(args.device)
     db, queries = features(data, backbone, args.backbone, device=args.device,
                            progress=not args.quiet)
-    return Setup(config, config_name, data, backbone, db, queries)
+    return Setup(configs, data, backbone, db, queries)
 
 
-def make_methods(names: list[str], args, metric: str, n: int, setup: Setup):
-    config = setup.config
-    end_to_end = config is not None and config.end_to_end
+class Built(NamedTuple):
+    """A method to build, and the seed offset of its config (None: a method without one)."""
+
+    method: Any
+    seed: int | None = None
+
+
+def make_methods(names: list[str], args, metric: str, n: int, setup: Setup,
+                 classifier=None) -> list[Built]:
+    """The methods of ``names`` in order; genindex once per config and seed.
+    ``classifier``: the trained FT model the classifier baseline reads."""
     known = {"linear": lambda: Linear(metric),
              "ivfpq": lambda: IVFPQ(metric, nlist=ivfpq_nlist(args.dataset, n)),
+             "hnsw": lambda: HNSW(metric),
              "scann": lambda: ScaNN(metric),
              "diskann": lambda: DiskANN(metric),
-             "genindex": lambda: GenIndex(config, backbone=setup.backbone if end_to_end else None,
-                                          device=args.device, progress=not args.quiet,
-                                          note=f"config: {setup.config_name}")}
-    return [known[name]() for name in names]
+             "ncm": lambda: NCM(metric),
+             "classifier": lambda: Classifier(classifier)}
+    built = []
+    for name in names:
+        if name != "genindex":
+            built.append(Built(known[name]()))
+            continue
+        for config, config_name in setup.configs:
+            config = config or IndexConfig()
+            end_to_end = config.end_to_end
+            built += [Built(GenIndex(
+                config.replace(seed=config.seed + seed),
+                backbone=setup.backbone if end_to_end else None, device=args.device,
+                progress=not args.quiet, label=f"genindex, {config.tokenizer.identifiers} ids",
+                note=f"config: {config_name}"), seed) for seed in range(args.seeds)]
+    return built
 
 
-def evaluate(ids: np.ndarray, data: datasets.Dataset, ks: tuple[int, ...]) -> Metrics:
+def evaluate(ids: np.ndarray, data: datasets.Dataset, ks: tuple[int, ...],
+             map_k: int = MAP_K) -> Metrics:
     hits = metrics.relevance(ids, data.db_labels, data.query_labels)
     relevant = metrics.relevant_counts(data.db_labels, data.query_labels)
-    return metrics.summary(hits, relevant, ks, MRR_K, (MAP_K,))
+    return metrics.summary(hits, relevant, ks, MRR_K, (map_k,))
 
 
 def pr_curve(ids: np.ndarray, data: datasets.Dataset) -> PRCurve:
@@ -138,6 +201,12 @@ def pr_curve(ids: np.ndarray, data: datasets.Dataset) -> PRCurve:
     precision, recall = metrics.pr_curve(
         hits, metrics.relevant_counts(data.db_labels, data.query_labels))
     return PRCurve(tuple(precision.tolist()), tuple(recall.tolist()))
+
+
+def exact_recall(ids: np.ndarray, exact: np.ndarray, k: int = EXACT_K) -> float:
+    """Mean share of each query's exact top ``k`` found in its top ``k``."""
+    return float(np.mean([len(set(row[:k]) & set(truth[:k])) / k
+                          for row, truth in zip(ids, exact)]))
 
 
 def features(data: datasets.Dataset, backbone, backbone_name: str, *, device: str = "cpu",
@@ -154,36 +223,51 @@ def features(data: datasets.Dataset, backbone, backbone_name: str, *, device: st
     return np.asarray(db, dtype="float32"), np.asarray(queries, dtype="float32")
 
 
-def run_methods(args, setup: Setup, db, queries, names, metric, ks, label):
+def run_methods(args, setup: Setup, db, queries, names, metric, ks, label, classifier=None):
     """Fit and search each method; its result rows (genindex: one per order, from one
-    built index) and the genindex method."""
-    rows, genindex, data = [], None, setup.data
-    for method in make_methods(names, args, metric, len(db), setup):
+    built index; each the mean over its seeds) and the first genindex method built."""
+    rows, genindex, data = {}, None, setup.data
+    exact = Linear(metric)
+    exact.fit(db, data.db_labels)
+    exact_ids = exact.search(queries, EXACT_K)
+    for built in make_methods(names, args, metric, len(db), setup, classifier):
+        method = built.method
         _, build_s = timed(method.fit, db, data.db_labels, images=data.db_images)
         for name, arguments in getattr(method, "rows", {method.name: {}}).items():
             method.set_query_arguments(**arguments)
-            ids, search_s = timed(method.search, queries, MAP_K, images=data.query_images)
-            row = MethodRow(method=name, backbone=label, metrics=evaluate(ids, data, ks),
-                            qps=len(queries) / search_s, build_s=build_s,
-                            bytes=method.nbytes(), note=getattr(method, "note", None) or None,
-                            pr_curve=pr_curve(ids, data))
-            rows.append(row)
-            print(f"{name} ({label}): built in {build_s:.1f} s, searched in {search_s:.1f} s"
-                  + (f" ({row.note})" if row.note else ""), flush=True)
+            row, _ = measure(method, name, label, queries, data, ks, exact_ids, build_s)
+            rows.setdefault(name, []).append((row, built.seed))
+            seed = "" if built.seed is None else f", seed {built.seed}"
+            print(f"{name} ({label}{seed}): built in {build_s:.1f} s, "
+                  f"{row.qps:.0f} queries/s, P@1 {row.metrics.precision.get(1, np.nan):.3f}",
+                  flush=True)
         method.set_query_arguments()
-        if method.name == "genindex":
+        if isinstance(method, GenIndex) and genindex is None:
             genindex = method
-    return rows, genindex
+    return [runs[0][0] if runs[0][1] is None else mean_row([row for row, _ in runs])
+            for runs in rows.values()], genindex
 
 
-def fine_tuned(args, data, db, queries):
-    """The FT baseline's features: a cosine-classifier head trained on the database."""
+def measure(method, name: str, label: str, queries, data, ks, exact_ids, build_s: float
+            ) -> tuple[MethodRow, np.ndarray]:
+    """Search ``queries`` with the method as it is set; its row (metrics computed from
+    the ids it returned) and those ids."""
+    ids, search_s = timed(method.search, queries, MAP_K, images=data.query_images)
+    row = MethodRow(method=name, backbone=label, metrics=evaluate(ids, data, ks),
+                    qps=len(queries) / search_s, build_s=build_s, bytes=method.nbytes(),
+                    note=getattr(method, "note", None) or None, pr_curve=pr_curve(ids, data),
+                    exact_recall=exact_recall(ids, exact_ids))
+    return row, ids
+
+
+def fine_tuned(args, data, db):
+    """The FT baseline: a cosine-classifier head trained on the database."""
     from genindex.finetune import finetune
 
     model, seconds = timed(finetune, db, data.db_labels, device=args.device,
                            progress=not args.quiet)
     print(f"FT head trained in {seconds:.1f} s", flush=True)
-    return model.embed(db), model.embed(queries)
+    return model
 
 
 def run_ablations(args, setup: Setup, ks) -> dict[str, tuple[AblationRow, ...]]:
@@ -224,26 +308,34 @@ def write(result: Result, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup = prepare(args)
+    try:
+        setup = prepare(args)
+    except datasets.DataUnavailable as error:
+        print(f"run.py: error: {error}", file=sys.stderr)
+        return 2
     data, db, queries = setup.data, setup.db, setup.queries
     metric = args.metric or ("cosine" if setup.backbone.spec()["kind"] == "open_clip" else "l2")
     ks = K_PRECISION.get(args.dataset, DEFAULT_K)
     names = _split(args.methods)
-    rows, genindex = run_methods(args, setup, db, queries, names, metric, ks, args.backbone)
-    baselines = [name for name in names if name != "genindex"]
-    if baselines and not args.no_ft:
-        db_ft, queries_ft = fine_tuned(args, data, db, queries)
-        rows += run_methods(args, setup, db_ft, queries_ft, baselines, "cosine", ks,
-                            f"{args.backbone} FT")[0]
+    ft_names = [] if args.no_ft else [name for name in names if name in FT_METHODS]
+    ft = fine_tuned(args, data, db) if ft_names or "classifier" in names else None
+    rows, genindex = run_methods(args, setup, db, queries, names, metric, ks, args.backbone,
+                                 classifier=ft)
+    if ft_names:
+        rows += run_methods(args, setup, ft.embed(db), ft.embed(queries), ft_names, "cosine",
+                            ks, f"{args.backbone} FT")[0]
     threads, date = torch.get_num_threads(), time.strftime("%Y-%m-%d")
     beams = [int(b) for b in _split(args.beam_sizes)]
+    sweep_ks = tuple(k for k in ks if k <= 10)
     sweep = [] if genindex is None or not beams else beam_sweep(
-        genindex, setup.backbone, data, queries, beams, lambda ids: evaluate(ids, data, ks))
+        genindex, setup.backbone, data, queries, beams,
+        lambda ids: evaluate(ids, data, sweep_ks, map_k=10))
     result = Result(dataset=args.dataset, rows=tuple(rows), database=len(db),
                     queries=len(queries), ks=tuple(ks), metric=metric, threads=threads,
-                    date=date, notes=data.notes, beam_sweep=tuple(sweep),
+                    date=date, notes=data.notes, beam_sweep=tuple(sweep), split=args.split,
                     ablations=run_ablations(args, setup, ks) if args.ablation else {})
-    write(result, args.out or Path("results") / args.dataset)
+    default_out = Path("results") / (args.dataset + ("-val" if args.split == "val" else ""))
+    write(result, args.out or default_out)
     return 0
 
 

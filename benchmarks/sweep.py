@@ -28,8 +28,10 @@ TRIE_PARTS = ("mask", "items")
 
 def beam_sweep(method: GenIndex, backbone, data, queries: np.ndarray, beam_sizes: list[int],
                evaluate: Callable[[np.ndarray], Metrics], k: int = 10) -> list[BeamRow]:
-    """One row per beam size: queries/s, seconds per 100 queries by part, and metrics.
-    ``method`` is fitted; its beam size is back to the default afterwards."""
+    """One row per beam size: queries/s, seconds per 100 queries by part, and the
+    metrics ``evaluate`` computes from the max(``k``, beam) results of each query (so
+    none may look past rank ``k``). ``method`` is fitted; its beam size is back to the
+    default afterwards."""
     encoder_s = _encoder_seconds(backbone, data.query_images[:PER])
     scale = PER / len(queries)
     rows = []
@@ -43,7 +45,7 @@ def beam_sweep(method: GenIndex, backbone, data, queries: np.ndarray, beam_sizes
         trie_s = sum(timings.get(part, 0.0) for part in TRIE_PARTS)
         rows.append(BeamRow(beam, qps=len(queries) / total, encoder_s=encoder_s,
                             decoder_s=(total - trie_s) * scale, trie_s=trie_s * scale,
-                            metrics=evaluate(_pad(ids, 100))))
+                            metrics=evaluate(ids)))
         print(f"beam {beam}: {rows[-1].qps:.0f} queries/s", flush=True)
     method.set_query_arguments()
     return rows
@@ -58,13 +60,6 @@ def _encoder_seconds(backbone, images) -> float:
     start = time.perf_counter()
     extract_features(backbone, images, cache=None, device=device, progress=False)
     return (time.perf_counter() - start) * PER / len(images)
-
-
-def _pad(ids: np.ndarray, width: int) -> np.ndarray:
-    """Results widened with -1 to ``width`` columns (MAP@100 needs 100)."""
-    out = np.full((len(ids), max(width, ids.shape[1])), -1, dtype=np.int64)
-    out[:, :ids.shape[1]] = ids
-    return out
 
 
 __all__ = ["beam_sweep"]

@@ -7,7 +7,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from benchmarks import ablations, metrics, run
+from benchmarks import ablations, run
 from benchmarks.datasets import digits  # noqa: F401  (registers the loader)
 from benchmarks.rows import Result
 
@@ -21,51 +21,106 @@ def tiny_config(tmp_path):
     return path
 
 
-def test_runner_writes_every_method_and_its_metrics_match_brute_force(
+def _by_hand(ids, db_labels, query_labels, ks=(1, 3, 10), mrr_ks=(1, 2, 4, 8), map_k=100):
+    """The paper's metrics (section 4.1) from result ids, one query at a time."""
+    sizes = {label: int((db_labels == label).sum()) for label in set(db_labels.tolist())}
+    per_query = {"precision": {k: [] for k in ks}, "recall": {k: [] for k in ks},
+                 "mrr": {k: [] for k in mrr_ks}, "map": {map_k: []}}
+    for row, label in zip(ids.tolist(), query_labels.tolist()):
+        rel = [i >= 0 and db_labels[i] == label for i in row]
+        for k in ks:
+            per_query["precision"][k].append(sum(rel[:k]) / k)
+            per_query["recall"][k].append(float(any(rel[:k])))
+        for k in mrr_ks:
+            per_query["mrr"][k].append(next((1 / (r + 1) for r in range(k) if rel[r]), 0.0))
+        found, ap = 0, 0.0
+        for r in range(map_k):
+            if rel[r]:
+                found += 1
+                ap += found / (r + 1)
+        per_query["map"][map_k].append(ap / min(sizes.get(label, 0), map_k)
+                                       if sizes.get(label) else 0.0)
+    return {family: {k: float(np.mean(v)) for k, v in values.items()}
+            for family, values in per_query.items()}
+
+
+def test_runner_rows_are_the_metrics_of_the_ids_each_method_returned(
         tiny_vit, tiny_config, tmp_path, monkeypatch):
     pytest.importorskip("sklearn")
     monkeypatch.setattr(run, "get_backbone", lambda name: tiny_vit)
-    methods = ["linear", "ivfpq", "scann", "genindex"]
+    returned = []  # (row name, backbone label, ids) of every search the runner measured
+    measure = run.measure
+
+    def recording(method, name, label, *args):
+        row, ids = measure(method, name, label, *args)
+        returned.append((name, label, ids))
+        return row, ids
+
+    monkeypatch.setattr(run, "measure", recording)
+    methods = ["linear", "ivfpq", "hnsw", "scann", "ncm", "classifier", "genindex"]
     if importlib.util.find_spec("diskannpy"):
-        methods.insert(3, "diskann")
+        methods.insert(4, "diskann")
     out = tmp_path / "out"
     code = run.main(["--dataset", "digits", "--limit", "4", "--methods", ",".join(methods),
-                     "--backbone", "tiny-vit",
+                     "--backbone", "tiny-vit", "--seeds", "2",
                      "--config", str(tiny_config), "--beam-sizes", "1,4", "--out", str(out),
                      "--quiet"])
     assert code == 0
     result = Result.from_json((out / "results.json").read_text())
-    # every method on the backbone's features, then the baselines on the FT features
-    # genindex gives two rows from one built index: the paper's order and the metric order
-    assert [(row.method, row.backbone) for row in result.rows] == (
-        [(m, "tiny-vit") for m in methods] + [("genindex, metric order", "tiny-vit")]
-        + [(m, "tiny-vit FT") for m in methods[:-1]])
-    generative, metric = result.rows[len(methods) - 1], result.rows[len(methods)]
-    assert generative.build_s == metric.build_s and generative.bytes == metric.bytes
+    assert result.split == "test"
+    data = run.datasets.load("digits", limit=4)
+    db_labels, query_labels = np.asarray(data.db_labels), np.asarray(data.query_labels)
+
+    # every row, the genindex rows over both seeds, is the metrics of its returned ids
+    names = [(row.method, row.backbone) for row in result.rows]
+    assert len(names) == len(set(names)) == len({(n, b) for n, b, _ in returned})
+    genindex = [row for row in result.rows if row.method.startswith("genindex")]
+    assert [row.method for row in genindex] == ["genindex, feature ids",
+                                                "genindex, feature ids, metric order"]
+    assert all(row.seeds == 2 for row in genindex)
+    linear_ids = {label: ids for name, label, ids in returned if name == "linear"}
     for row in result.rows:
-        quality = row.metrics
-        assert (set(quality.precision) >= {1, 3} and 10 in quality.recall
-                and 8 in quality.mrr and 100 in quality.map)
-        assert all(0.0 <= v <= 1.0 for values in (quality.precision, quality.recall,
-                                                  quality.mrr, quality.map)
-                   for v in values.values())
+        runs = [ids for name, label, ids in returned if (name, label) == (row.method,
+                                                                          row.backbone)]
+        assert len(runs) == (2 if row.seeds else 1)
+        for ids in runs:
+            assert ids.shape == (len(query_labels), 100) and ids.dtype == np.int64
+            assert ((ids >= -1) & (ids < len(db_labels))).all()
+            assert all(len(set(r[r >= 0])) == (r >= 0).sum() for r in ids)  # no id twice
+        by_hand = [_by_hand(ids, db_labels, query_labels) for ids in runs]
+        for family, values in by_hand[0].items():
+            for k in values:
+                found = [one[family][k] for one in by_hand]
+                assert getattr(row.metrics, family)[k] == pytest.approx(np.mean(found))
+                if row.seeds:
+                    assert getattr(row.low, family)[k] == pytest.approx(min(found))
+                    assert getattr(row.high, family)[k] == pytest.approx(max(found))
+        exact = linear_ids[row.backbone][:, :10]
+        assert row.exact_recall == pytest.approx(np.mean(
+            [len(set(a[:10]) & set(b)) / 10 for ids in runs for a, b in zip(ids, exact)]))
         assert row.bytes > 0 and row.qps > 0 and len(row.pr_curve.recall) == 100
+    assert result.rows[0].exact_recall == 1.0
+    # FT rows: the label-free baselines and ncm on the FT features, not classifier/genindex
+    expanded = {"hnsw": ["hnsw, efSearch 128", "hnsw, efSearch 512"]}
+    ft_rows = [name for m in methods if m not in ("classifier", "genindex")
+               for name in expanded.get(m, [m])]
+    assert [n for n, b in names if b == "tiny-vit FT"] == ft_rows
+
+    # linear scan's ids are exact L2 search over the same features, here by numpy in
+    # float64 (Faiss computes in float32, so near-ties may order differently)
+    db, queries = run.features(data, tiny_vit, "tiny-vit", progress=False)
+    dist = ((queries[:, None].astype(np.float64) - db[None]) ** 2).sum(-1)
+    truth = np.argsort(dist, axis=1, kind="stable")[:, :10]
+    agree = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(linear_ids["tiny-vit"], truth)])
+    assert agree > 0.98
+
     sweep = result.beam_sweep
     assert [r.beam_size for r in sweep] == [1, 4]
     assert all(r.qps > 0 and r.decoder_s > 0 and r.trie_s > 0 for r in sweep)
-    assert (out / "tables.md").read_text().count("| linear |") >= 3
+    assert all(set(r.metrics.map) == {10} for r in sweep)  # 10 results: MAP@10, not @100
+    tables = (out / "tables.md").read_text()
+    assert tables.count("| linear |") >= 3 and "mean [min, max]" in tables
     assert (out / "precision_at_k.png").is_file() and (out / "beam_sweep.png").is_file()
-
-    # linear scan's row is exact L2 search over the same features, here by numpy in
-    # float64 (Faiss computes in float32, so near-ties may order differently)
-    data = run.datasets.load("digits", limit=4)
-    db, queries = run.features(data, tiny_vit, "tiny-vit", progress=False)
-    dist = ((queries[:, None].astype(np.float64) - db[None]) ** 2).sum(-1)
-    ids = np.argsort(dist, axis=1, kind="stable")[:, :100]
-    hits = metrics.relevance(ids, data.db_labels, data.query_labels)
-    linear = result.rows[0].metrics
-    assert linear.precision[3] == pytest.approx(metrics.precision_at_k(hits, 3), abs=0.02)
-    assert linear.recall[10] == pytest.approx(metrics.recall_at_k(hits, 10), abs=0.02)
 
 
 def test_runner_refuses_unknown_methods_and_ablations():
@@ -115,3 +170,14 @@ def test_run_reads_a_data_sets_tuned_config_unless_told_otherwise(tmp_path):
     assert config.seed == 3 and name == str(own)
     with pytest.raises(SystemExit, match="no such file"):
         genindex_config(str(tmp_path / "missing.json"), "emoji")
+
+
+def test_runner_without_the_data_says_where_it_comes_from_and_exits_2(tmp_path, capsys):
+    code = run.main(["--dataset", "cub200", "--data-root", str(tmp_path / "nowhere"),
+                     "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    first, *layout = err.splitlines()
+    assert first.startswith("run.py: error: the cub200 data set was not found")
+    assert any("vision.caltech.edu" in line for line in layout)
+    assert any("train_test_split.txt" in line for line in layout)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import json
 from pathlib import Path
 
 import numpy as np
@@ -374,3 +375,67 @@ def test_digits_half_per_class_split():
     assert len(image_refs(data.db_images[:3])) == 3
     with pytest.raises(ValueError, match="query_fraction"):
         datasets.load("digits", query_fraction=1.0)
+
+
+def test_fashion_mnist_validation_split_never_reads_the_test_set(tmp_path, monkeypatch):
+    monkeypatch.setattr(fashion_mnist, "VAL_QUERIES", 2)
+    arrays = fake_fashion(tmp_path / "fashion-mnist", n_train=8)
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (tmp_path / "fashion-mnist" / f"{name}.gz").write_bytes(b"not an idx file")
+    with pytest.raises(DataUnavailable):
+        datasets.load("fashion-mnist", str(tmp_path))
+    data = datasets.load("fashion-mnist", str(tmp_path), split="val")
+    assert data.notes["split"] == "val" and len(data.query_images) == 2
+    train = arrays["train-images-idx3-ubyte"]
+    rows = [next(i for i in range(len(train)) if np.array_equal(train[i], image[..., 0]))
+            for image in np.concatenate([data.db_images, data.query_images])]
+    assert sorted(rows) == list(range(8))  # the training set, split in two
+    labels = arrays["train-labels-idx1-ubyte"]
+    assert np.concatenate([data.db_labels, data.query_labels]).tolist() == labels[rows].tolist()
+
+
+# ---------------------------------------------------------------- emoji (fake packages)
+
+def fake_emoji(root, codes=("1f600", "1f601", "1f602")):
+    from benchmarks.datasets.emoji import VENDORS
+
+    entries = [{"unified": c.upper(), "image": f"{c}.png",
+                **{f"has_img_{v}": True for v in VENDORS}} for c in codes]
+    for vendor in VENDORS:
+        write(root / "emoji" / vendor / "emoji.json", json.dumps(entries))
+        for code in codes:
+            touch(root / "emoji" / vendor / "img" / vendor / "64" / f"{code}.png")
+
+
+@pytest.mark.parametrize("query_vendor,val_queries,val_db", [
+    ("google", "apple", {"twitter", "facebook"}), ("apple", "google", {"twitter", "facebook"}),
+    ("twitter", "apple", {"google", "facebook"})])
+def test_emoji_validation_split_never_reads_the_query_vendor(tmp_path, query_vendor,
+                                                             val_queries, val_db):
+    fake_emoji(tmp_path)
+    for image in (tmp_path / "emoji" / query_vendor).rglob("*.png"):
+        image.unlink()  # the reported queries' images are gone: only val can load
+    with pytest.raises(DataUnavailable, match="missing"):
+        datasets.load("emoji", str(tmp_path), query_vendor=query_vendor)
+    data = datasets.load("emoji", str(tmp_path), split="val", query_vendor=query_vendor)
+
+    def vendors(paths):
+        return {Path(p).parts[-3] for p in paths}  # <vendor>/img/<vendor>/64/x.png
+
+    assert vendors(data.query_images) == {val_queries} and vendors(data.db_images) == val_db
+    assert len(data.query_images) == 3 and len(data.db_images) == 6
+    assert sorted(data.db_labels.tolist()) == sorted(2 * data.query_labels.tolist())
+    assert data.notes["split"] == "val" and data.notes["query_vendor"] == val_queries
+
+
+def test_generic_validation_split_holds_out_database_items(tmp_path):
+    root, names = fake_cub(tmp_path)
+    data = datasets.load("cub200", str(tmp_path), split="val")
+    train = [(names[i], c) for i, c, t in CUB if t == 1]  # classes 1 (x2) and 2 (x1)
+    got = list(zip(relative(data.db_images, root / "images"), data.db_labels.tolist())) + \
+        list(zip(relative(data.query_images, root / "images"), data.query_labels.tolist()))
+    assert sorted(got) == sorted(train)
+    assert data.query_labels.tolist() == [1]  # the only class with two database items
+    assert data.notes["split"] == "val"
+    with pytest.raises(ValueError, match="split"):
+        datasets.load("cub200", str(tmp_path), split="train")

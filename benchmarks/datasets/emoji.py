@@ -8,6 +8,10 @@ each, 64 x 64 RGBA. The database holds the other vendors' images, the
 queries are one vendor's (``query_vendor``, default ``google``): every query
 has 3 relevant items, drawn in other styles, like In-shop's few images per
 class.
+
+The validation split (``split="val"``) never reads the query vendor's images:
+its queries are the first other vendor's (Apple's when the queries are
+Google's), its database the remaining two vendors' (2 relevant items a query).
 """
 
 from __future__ import annotations
@@ -29,9 +33,12 @@ VERSION = "16.0.0"
 
 
 @register("emoji")
-def load_emoji(data_root: str | None = None, query_vendor: str = "google") -> Dataset:
+def load_emoji(data_root: str | None = None, query_vendor: str = "google",
+               split: str = "test") -> Dataset:
     if query_vendor not in VENDORS:
         raise ValueError(f"query_vendor must be one of {VENDORS}, got {query_vendor!r}")
+    others = [vendor for vendor in VENDORS if vendor != query_vendor]
+    queries, database = (query_vendor, others) if split == "test" else (others[0], others[1:])
     root = (Path(data_root) if data_root else default_cache_dir() / "datasets") / "emoji"
     for vendor in VENDORS:
         _fetch(root, vendor)
@@ -39,16 +46,17 @@ def load_emoji(data_root: str | None = None, query_vendor: str = "google") -> Da
     common = [e for e in emoji if all(e.get(f"has_img_{v}") for v in VENDORS)]
     db_images, db_labels, query_images, query_labels = [], [], [], []
     for entry in sorted(common, key=lambda e: e["unified"]):
-        for vendor in VENDORS:
+        for vendor in (queries, *database):
             path = root / vendor / "img" / vendor / "64" / entry["image"]
             if not path.is_file():
                 raise DataUnavailable(f"{path} is missing: delete {root / vendor} to refetch")
-            images, labels = ((query_images, query_labels) if vendor == query_vendor
+            images, labels = ((query_images, query_labels) if vendor == queries
                               else (db_images, db_labels))
             images.append(path)
             labels.append(entry["unified"])
     return Dataset("emoji", db_images, np.array(db_labels), query_images,
-                   np.array(query_labels), {"query_vendor": query_vendor, "version": VERSION})
+                   np.array(query_labels), {"split": split, "query_vendor": queries,
+                                            "database_vendors": database, "version": VERSION})
 
 
 def _fetch(root: Path, vendor: str) -> None:

@@ -1,7 +1,9 @@
 """Fashion-MNIST: 70,000 grey 28 x 28 images of 10 kinds of clothing, offline.
 
 The database is the training set (60,000 images), the queries the test set
-(10,000). Labels are the class indices 0..9 (names in ``notes["classes"]``).
+(10,000). The validation split (``split="val"``) never reads the test set: its
+queries are 10,000 training images (drawn with seed 0), its database the other
+50,000. Labels are the class indices 0..9 (names in ``notes["classes"]``).
 Images come back as a uint8 ``(n, 28, 28, 3)`` array, the grey channel
 repeated: genindex takes a 4-D array as a batch of ``H x W x C`` images.
 
@@ -24,6 +26,7 @@ DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 FOLDERS = ("fashion-mnist", "fashion_mnist", "FashionMNIST/raw")
 SPLITS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
           "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+VAL_QUERIES = 10_000
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
            "Sneaker", "Bag", "Ankle boot")
 SOURCE = ("Debian's package dataset-fashion-mnist (apt-get install dataset-fashion-mnist "
@@ -33,7 +36,7 @@ LAYOUT = "a folder (fashion-mnist/) holding\n" + "\n".join(
 
 
 @register("fashion-mnist")
-def load_fashion_mnist(data_root: str | None = None) -> Dataset:
+def load_fashion_mnist(data_root: str | None = None, split: str = "test") -> Dataset:
     if data_root is None:
         looked = [DEBIAN, *candidates(None, FOLDERS)]
     else:
@@ -42,10 +45,19 @@ def load_fashion_mnist(data_root: str | None = None) -> Dataset:
                                            for n in pair))
     if root is None:
         raise unavailable("fashion-mnist", looked, SOURCE, LAYOUT)
-    (db, db_labels), (query, query_labels) = (_split(root, *SPLITS[s]) for s in SPLITS)
+    db, db_labels = _split(root, *SPLITS["train"])
+    if split == "test":
+        query, query_labels = _split(root, *SPLITS["test"])
+        notes = {"database": "train", "queries": "test"}
+    else:
+        held = np.zeros(len(db), bool)
+        held[np.random.default_rng(0).permutation(len(db))[:VAL_QUERIES]] = True
+        db, db_labels, query, query_labels = db[~held], db_labels[~held], db[held], \
+            db_labels[held]
+        notes = {"database": f"train less {VAL_QUERIES}", "queries": f"{VAL_QUERIES} "
+                 "of train (seed 0), the test set unread"}
     return Dataset("fashion-mnist", _rgb(db), db_labels, _rgb(query), query_labels,
-                   {"root": str(root), "database": "train", "queries": "test",
-                    "classes": list(CLASSES)})
+                   {"root": str(root), "split": split, **notes, "classes": list(CLASSES)})
 
 
 def _file(root: Path, name: str) -> Path | None:

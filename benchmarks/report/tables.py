@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from ..rows import BEAM_TIMINGS, FAMILIES, AblationRow, Metrics, Result, present_ks
+from ..rows import BEAM_TIMINGS, FAMILIES, AblationRow, MethodRow, Metrics, Result, present_ks
 
 DASH = "–"
 _PREFIX = dict((name, prefix) for prefix, name in FAMILIES)
@@ -32,8 +32,11 @@ def markdown(result: Result) -> str:
          mrr_cols + map_cols),
     )
     blocks = [f"## Results on {_where(result)}"]
+    if any(row.seeds for row in result.rows):
+        blocks.append("A row built with several seeds gives their mean [min, max]; a "
+                      "difference smaller than that spread is a tie.")
     for caption, cols in method_tables:
-        body = [[row.method, _text(row.backbone)] + _metric_cells(row.metrics, cols)
+        body = [[row.method, _text(row.backbone)] + _row_cells(row, cols)
                 for row in result.rows]
         blocks.append(_table(caption, ["method", "backbone"] + [c[0] for c in cols], body, 2))
     for key, caption in ABLATION_CAPTIONS:
@@ -64,16 +67,19 @@ def _cost_table(result: Result) -> str:
         return ""
     database, where = result.database, result.dataset
     has_note = any(row.note for row in result.rows)
-    header = ["method", "backbone", "build s", "queries/s", "bytes", "bytes/item"]
+    header = ["method", "backbone", "R@10 vs exact (%)", "seeds", "build s", "queries/s",
+              "bytes", "bytes/item"]
     body = []
     for row in result.rows:
         per_item = row.bytes / database if row.bytes is not None and database else None
-        cells = [row.method, _text(row.backbone), _quantity(row.build_s), _quantity(row.qps),
+        cells = [row.method, _text(row.backbone), _percent(row.exact_recall),
+                 _text(row.seeds), _quantity(row.build_s), _quantity(row.qps),
                  DASH if row.bytes is None else f"{row.bytes:,.0f}", _quantity(per_item)]
         body.append(cells + ([row.note or ""] if has_note else []))
-    caption = (f"**Cost.** Build time, search throughput and index size per method on {where}"
-               f" (bytes/item = bytes / {database:,} database items)." if database else
-               f"**Cost.** Build time, search throughput and index size per method on {where}.")
+    what = (f"**Cost.** Recall@10 against exact search on the same features, build time, "
+            f"search throughput and index size per method on {where}")
+    caption = (f"{what} (bytes/item = bytes / {database:,} database items)." if database
+               else f"{what}.")
     return _table(caption, header + (["note"] if has_note else []), body, 2, has_note)
 
 
@@ -108,6 +114,15 @@ def _line(cells: Sequence[str]) -> str:
     return "| " + " | ".join(clean) + " |"
 
 
+def _row_cells(row: MethodRow, cols: Sequence[Column]) -> list[str]:
+    """A method row's metric cells: its value, with [min, max] over its seeds."""
+    cells = _metric_cells(row.metrics, cols)
+    if row.low is None or row.high is None:
+        return cells
+    return [f"{cell} [{low}, {high}]" if cell != DASH else cell for cell, low, high in
+            zip(cells, _metric_cells(row.low, cols), _metric_cells(row.high, cols))]
+
+
 def _metric_cells(metrics: Metrics, cols: Sequence[Column]) -> list[str]:
     return [_percent(getattr(metrics, name).get(k)) for _, name, k in cols]
 
@@ -136,4 +151,6 @@ def _where(result: Result) -> str:
     sizes = [f"{count:,} {label}" for count, label in
              ((result.database, "database items"), (result.queries, "queries"))
              if count is not None]
+    if result.split is not None:
+        sizes.append("validation split" if result.split == "val" else "reported queries")
     return f"{result.dataset} ({', '.join(sizes)})" if sizes else result.dataset
