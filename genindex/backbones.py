@@ -60,6 +60,7 @@ class Backbone(nn.Module):
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    onnx_export = False  # frozen features may come from ONNX Runtime (genindex.runtime)
 
     def spec(self) -> dict[str, Any]:
         """What identifies this backbone and its preprocessing (saved, and a cache key)."""
@@ -112,6 +113,7 @@ class EfficientNetLite0(Backbone):
 
     feature_dim = token_dim = 1280
     image_size = 224
+    onnx_export = True
     mean = (0.5, 0.5, 0.5)  # EfficientNet-Lite's own normalisation: (x - 127) / 128
     std = (0.5, 0.5, 0.5)
 

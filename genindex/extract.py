@@ -13,6 +13,7 @@ from . import checks, distributed
 from .backbones import Backbone
 from .cache import FeatureCache
 from .images import image_refs, looks_like_images, pixel_batches
+from .runtime import feature_function
 
 _SHARD = 1024  # images per cache shard: an interruption loses at most this many
 
@@ -30,11 +31,12 @@ def extract_features(backbone: Backbone, images, *, cache: FeatureCache | None,
         if feature is not None:
             out[i] = feature
     backbone.eval()
+    embed = feature_function(backbone, device) if missing else None
     pending: list[int] = []
     for start, pixels in pixel_batches([refs[i] for i in missing], backbone.preprocess,
                                        batch_size, progress, desc="features"):
         rows = missing[start:start + len(pixels)]
-        out[rows] = backbone(pixels.to(device)).global_feature.float().cpu().numpy()
+        out[rows] = embed(pixels)
         pending.extend(rows)
         if cache is not None and (len(pending) >= _SHARD or rows[-1] == missing[-1]):
             cache.put([refs[i].key for i in pending], out[pending])

@@ -91,15 +91,29 @@ def to_rgb(image) -> Any:
 def pixel_batches(refs: Sequence[ImageRef], preprocess: Callable[[Any], torch.Tensor],
                   batch_size: int, progress: bool, desc: str = "images"
                   ) -> Iterator[tuple[int, torch.Tensor]]:
-    """``(start, uint8 pixels (B, 3, S, S))`` for consecutive batches of ``refs``."""
+    """``(start, uint8 pixels (B, 3, S, S))`` for consecutive batches of ``refs``. A
+    worker thread decodes and resizes the next batch while the caller uses this one
+    (PIL releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def load(start: int) -> torch.Tensor:
+        return torch.stack([preprocess(_load(ref)) for ref in refs[start:start + batch_size]])
+
+    starts = range(0, len(refs), batch_size)
     bar = tqdm(total=len(refs), desc=desc, unit="img", disable=not progress, leave=False)
-    try:
-        for start in range(0, len(refs), batch_size):
-            chunk = refs[start:start + batch_size]
-            yield start, torch.stack([preprocess(_load(ref)) for ref in chunk])
-            bar.update(len(chunk))
-    finally:
-        bar.close()
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        upcoming = worker.submit(load, 0) if len(refs) else None
+        try:
+            for start in starts:
+                pixels = upcoming.result()
+                if start + batch_size < len(refs):
+                    upcoming = worker.submit(load, start + batch_size)
+                yield start, pixels
+                bar.update(len(pixels))
+        finally:
+            if upcoming is not None:
+                upcoming.cancel()
+            bar.close()
 
 
 def _load(ref: ImageRef):

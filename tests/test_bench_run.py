@@ -7,7 +7,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from benchmarks import ablations, run
+from benchmarks import ablations, metrics, run
 from benchmarks.datasets import digits  # noqa: F401  (registers the loader)
 from benchmarks.rows import Result
 
@@ -181,3 +181,21 @@ def test_runner_without_the_data_says_where_it_comes_from_and_exits_2(tmp_path, 
     assert first.startswith("run.py: error: the cub200 data set was not found")
     assert any("vision.caltech.edu" in line for line in layout)
     assert any("train_test_split.txt" in line for line in layout)
+
+
+HITS = np.array([[0, 1, 0, 1], [1, 0, 0, 0], [0, 0, 0, 0]], dtype=bool)
+
+
+def test_mrr_at_k_by_hand():
+    # first hits at ranks 2, 1 and never: 1/2, 1, 0
+    assert metrics.mrr_at_k(HITS, 1) == pytest.approx((0 + 1 + 0) / 3)
+    assert metrics.mrr_at_k(HITS, 2) == pytest.approx((1 / 2 + 1 + 0) / 3)
+    assert metrics.mrr_at_k(HITS, 4) == pytest.approx((1 / 2 + 1 + 0) / 3)
+
+
+def test_pr_curve_by_hand():
+    precision, recall = metrics.pr_curve(HITS, np.array([2, 1, 3]))
+    # precision after each rank, per query: [0, 1/2, 1/3, 2/4], [1, 1/2, 1/3, 1/4], zeros
+    np.testing.assert_allclose(precision, [1 / 3, 1 / 3, 2 / 9, 1 / 4])
+    # recall: found / relevant: [0, 1/2, 1/2, 1], [1, 1, 1, 1], zeros
+    np.testing.assert_allclose(recall, [1 / 3, 1 / 2, 1 / 2, 2 / 3])
