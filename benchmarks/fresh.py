@@ -43,6 +43,8 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="emoji", help="a name from benchmarks/datasets")
     parser.add_argument("--data-root", help="where the data set lives or is fetched to")
+    parser.add_argument("--split", choices=("test", "val"), default="test",
+                        help="as run.py: the reported queries or the validation split")
     parser.add_argument("--limit", type=int, help="keep only the first N classes")
     parser.add_argument("--backbone", default="efficientnet-lite0")
     parser.add_argument("--config", help="IndexConfig as JSON; default: as run.py, "
@@ -51,6 +53,8 @@ def parse_args(argv):
     parser.add_argument("--replay", type=float, default=1.0, help="old items per new item")
     parser.add_argument("--unlabelled", action="store_true", help="also refresh without labels")
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
+    parser.add_argument("--new-classes", type=float, default=0.0,
+                        help="share of the classes held out whole (never trained on)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
     parser.add_argument("--out", type=Path)
@@ -58,15 +62,20 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def split(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows kept for training and rows held out: half of each class, rounded
-    down for every other class and up for the rest."""
+def split(labels: np.ndarray, seed: int, new_classes: float = 0.0
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """Rows kept for training and rows held out: every item of a ``new_classes`` share
+    of the classes (drawn with ``seed``: classes training never sees), and half of
+    each other class, rounded down for every other class and up for the rest."""
     rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    unseen = set(rng.permutation(classes)[:int(round(new_classes * len(classes)))].tolist())
     old, new = [], []
-    for c, cls in enumerate(np.unique(labels)):
+    for c, cls in enumerate(classes):
         rows = rng.permutation(np.flatnonzero(labels == cls))
         held = len(rows) // 2 if c % 2 == 0 else (len(rows) + 1) // 2
-        held = min(held, len(rows) - 1)  # every class keeps a trained-on item
+        # every seen class keeps a trained-on item
+        held = len(rows) if cls in unseen else min(held, len(rows) - 1)
         new.append(rows[:held])
         old.append(rows[held:])
     return np.sort(np.concatenate(old)), np.sort(np.concatenate(new))
@@ -115,12 +124,16 @@ def table(rows: list[FreshRow]) -> str:
 def fresh_rows(db: np.ndarray, queries: np.ndarray, labels: np.ndarray,
                query_labels: np.ndarray, config: IndexConfig, *, device: str = "cpu",
                progress: bool = True, steps: int | None = None, replay: float = 1.0,
-               unlabelled: bool = False, seed: int = 0) -> list[FreshRow]:
-    """Table 6: train on half of each class, then add / refresh / retrain; a row each."""
-    old, new = split(labels, seed)
+               unlabelled: bool = False, seed: int = 0,
+               new_classes: float = 0.0) -> list[FreshRow]:
+    """Table 6: train on half of each class (and none of a ``new_classes`` share of
+    them), then add / refresh / retrain; a row each."""
+    old, new = split(labels, seed, new_classes)
     row_of_id = np.concatenate([old, new])  # ids: trained-on rows first, then added ones
     is_new = np.isin(np.arange(len(db)), new)
-    print(f"fresh data: {len(old)} items trained on, {len(new)} added", flush=True)
+    unseen = len(np.setdiff1d(np.unique(labels), labels[old]))
+    print(f"fresh data: {len(old)} items trained on, {len(new)} added ({unseen} classes "
+          "never trained on)", flush=True)
     rows = []
 
     def record(name: str, index: GenerativeIndex, train_s: float) -> None:
@@ -157,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = fresh_rows(db, queries, np.asarray(setup.data.db_labels),
                       np.asarray(setup.data.query_labels), config, device=args.device,
                       progress=not args.quiet, steps=args.steps, replay=args.replay,
-                      unlabelled=args.unlabelled, seed=args.seed)
+                      unlabelled=args.unlabelled, seed=args.seed,
+                      new_classes=args.new_classes)
     markdown = table(rows)
     print(markdown)
     out = args.out or Path("results") / f"fresh-{args.dataset}"
@@ -166,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "results.json").write_text(json.dumps(
         {"dataset": args.dataset, "limit": args.limit, "database": len(db),
          "queries": len(queries), "date": time.strftime("%Y-%m-%d"),
+         "new_classes": args.new_classes, "split": getattr(args, "split", "test"),
          "config": config.to_dict(), "rows": [dataclasses.asdict(row) for row in rows]},
         indent=2, default=str))
     return 0

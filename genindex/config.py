@@ -15,10 +15,11 @@ from typing import Any
 # named keep the defaults below. ``IndexConfig.paper()`` puts them together.
 PAPER: dict[str, dict[str, Any]] = {
     # tokenizer: batch 128 for 200 epochs, lr 5e-4 after 20 warm-up epochs
-    "tokenizer": dict(batch_size=128, epochs=200, lr=5e-4, warmup_epochs=20, min_steps=0),
+    "tokenizer": dict(batch_size=128, epochs=200, lr=5e-4, warmup_epochs=20, min_steps=0,
+                      patience=0),
     # decoder: 12 blocks of width 768, batch 64 for 200 epochs, lr 4e-5 after 20 warm-up epochs
     "decoder": dict(n_layer=12, n_head=12, n_embd=768, batch_size=64, epochs=200, lr=4e-5,
-                    warmup_epochs=20, min_steps=0),
+                    warmup_epochs=20, min_steps=0, patience=0),
     # million-image sets (section 4.3): the same decoder, 24 blocks deep
     "decoder-large": dict(n_layer=24),
     # the encoder is fine-tuned with both parts, at 1/100 of their learning rate
@@ -45,6 +46,11 @@ class TokenizerConfig:
     # "feature", its own f_cls (the paper); "class", the mean f_cls of the training class
     # the tokenizer's classifier assigns it to, so a class's items share one identifier.
     identifiers: str = "feature"
+    # With identifiers="class": the share of known-class items (held out, else trained
+    # on) whose best class cosine sets the novelty threshold; an item added later whose
+    # best class cosine is below it gets the identifier of its own f_cls, so the items
+    # of a class the tokenizer never saw do not join another class's leaf. 0: never.
+    novelty: float = 0.0
     lambda1: float = 1.0  # weight of the CE on every partial reconstruction
     lambda2: float = 1.0  # weight of the commitment term ||f_cls - sg[f^<=m]||^2
     scale: float = 8.0  # cosine classifier: logits are scale * cos
@@ -56,12 +62,18 @@ class TokenizerConfig:
     warmup_epochs: int = 5
     kmeans_iters: int = 20
     refit_every: int = 5  # epochs between k-means refits of the codebooks
+    refit_iters: int = 5  # k-means iterations of a refit, started from the current codebooks
+    # Stopping rule: end training once the class accuracy of held-out items' identifiers
+    # (IndexConfig.holdout) has not improved for this many epochs; 0: train every epoch.
+    patience: int = 20
 
     def __post_init__(self) -> None:
         _check_positive(self, "num_codebooks", "codebook_size", "dim", "epochs",
-                        "batch_size", "kmeans_iters", "refit_every")
+                        "batch_size", "kmeans_iters", "refit_every", "refit_iters")
         _check_nonnegative(self, "lambda1", "lambda2", "scale", "margin", "warmup_epochs", "lr",
-                           "min_steps")
+                           "min_steps", "patience", "novelty")
+        if self.novelty >= 1:
+            raise ValueError(f"TokenizerConfig: novelty must be < 1, got {self.novelty!r}")
         if self.head not in ("mlp", "linear"):
             raise ValueError(f"TokenizerConfig: head must be 'mlp' or 'linear', got {self.head!r}")
         if self.identifiers not in ("feature", "class"):
@@ -103,12 +115,16 @@ class DecoderConfig:
     lr: float = 2e-3
     warmup_epochs: int = 3
     neighbors: int = 10  # without labels: x2 is drawn from x1's nearest neighbours
+    # Stopping rule: end training once the share of held-out items (IndexConfig.holdout)
+    # whose greedily decoded identifier is a partner's has not improved for this many
+    # epochs; 0: train every epoch.
+    patience: int = 10
 
     def __post_init__(self) -> None:
         _check_positive(self, "n_layer", "n_head", "n_embd", "n_memory", "epochs",
                         "batch_size", "neighbors")
         _check_nonnegative(self, "dropout", "input_dropout", "label_smoothing", "lr",
-                           "warmup_epochs", "min_steps")
+                           "warmup_epochs", "min_steps", "patience")
         if not (self.dropout < 1 and self.input_dropout < 1 and self.label_smoothing < 1):
             raise ValueError("DecoderConfig: dropout, input_dropout and label_smoothing "
                              "must be < 1")
@@ -147,6 +163,9 @@ class IndexConfig:
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.96)
     seed: int = 0
+    # Share of the training items (at most 2,000) held out from both models' training
+    # to score the stopping rules; only when a patience is set.
+    holdout: float = 0.05
 
     def __post_init__(self) -> None:
         if not isinstance(self.tokenizer, TokenizerConfig):
@@ -162,6 +181,9 @@ class IndexConfig:
             raise ValueError(f"IndexConfig: betas must be two numbers in [0, 1), got {betas!r}")
         object.__setattr__(self, "betas", tuple(float(b) for b in betas))
         _check_nonnegative(self, "weight_decay", "backbone_lr_scale", "seed")
+        if not (isinstance(self.holdout, (int, float)) and not isinstance(self.holdout, bool)
+                and 0 <= self.holdout < 0.5):
+            raise ValueError(f"IndexConfig: holdout must be in [0, 0.5), got {self.holdout!r}")
 
     @classmethod
     def paper(cls, large: bool = False) -> IndexConfig:

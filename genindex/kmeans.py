@@ -33,18 +33,21 @@ def assign(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torc
     return torch.cat(codes), torch.cat(dists)
 
 
-def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> torch.Tensor:
+def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator,
+           init: torch.Tensor | None = None) -> torch.Tensor:
     """``k`` centroids of the rows of ``x`` (n, d), n >= k.
 
-    Initialised on k distinct random rows; an emptied cluster is re-seeded on
-    the point that is currently worst served, so every centroid stays in use.
+    Initialised on ``init`` (k, d) when given (a warm start), else on k distinct
+    random rows; an emptied cluster is re-seeded on the point that is currently
+    worst served, so every centroid stays in use.
     """
     n = len(x)
     if n < k:
         raise ValueError(f"k-means needs at least k={k} points, got {n}")
     if n > k * MAX_POINTS_PER_CENTROID:
         x = x[torch.randperm(n, generator=generator)[:k * MAX_POINTS_PER_CENTROID].to(x.device)]
-    centroids = x[torch.randperm(len(x), generator=generator)[:k].to(x.device)].clone()
+    centroids = (x[torch.randperm(len(x), generator=generator)[:k].to(x.device)].clone()
+                 if init is None else init.detach().to(x.dtype).clone())
     for _ in range(iters):
         codes, dists = assign(x, centroids)
         sums = torch.zeros_like(centroids).index_add_(0, codes, x)

@@ -13,14 +13,17 @@ partners). Everything else is done here, once:
   every rank takes its slice of each global batch, losses weighted so that
   the optimizer takes the steps one process would;
 * bfloat16 autocast on CUDA, a progress bar on rank 0, the mean loss of every
-  pass (averaged over ranks) as the history.
+  pass (averaged over ranks) as the history;
+* the stopping rule (:class:`Stopping`): a score on held-out data after every
+  pass, training ended once it has not improved for ``patience`` passes, and
+  the weights of the best pass kept.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from typing import Protocol
 
@@ -55,6 +58,31 @@ class Plan:
     warmup: int  # the first steps, over which the rate rises linearly
 
 
+@dataclass
+class Stopping:
+    """Stop once ``score()`` (higher is better; computed after every pass, on data the
+    passes do not train on) has not improved for ``patience`` passes, and keep the
+    weights of the best pass. ``scores`` records every pass's score."""
+
+    score: Callable[[], float]
+    patience: int
+    scores: list[float] = field(default_factory=list)
+    best_pass: int | None = None
+
+    def update(self, model: nn.Module) -> bool:
+        """Score the model after a pass, remember it if best; whether to stop now."""
+        self.scores.append(float(self.score()))
+        if self.best_pass is None or self.scores[-1] > self.scores[self.best_pass]:
+            self.best_pass = len(self.scores) - 1
+            self._best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return len(self.scores) - 1 - self.best_pass >= self.patience
+
+    def restore(self, model: nn.Module) -> None:
+        if self.best_pass is not None:
+            model.load_state_dict(self._best)
+            del self._best
+
+
 class OptimizerSettings(Protocol):
     weight_decay: float
     betas: tuple[float, float]
@@ -74,8 +102,9 @@ def num_epochs(epochs: int, min_steps: int, n: int, batch_size: int) -> int:
 
 def train_loop(model: nn.Module, batch_loss: BatchLoss, passes: Iterable[Iterable[torch.Tensor]],
                plan: Plan, settings: OptimizerSettings, desc: str,
-               progress: bool = True) -> list[float]:
-    """Train ``model`` on ``passes`` until they end or ``plan.steps`` steps; mean loss per pass.
+               progress: bool = True, stopping: Stopping | None = None) -> list[float]:
+    """Train ``model`` on ``passes`` until they end, ``plan.steps`` steps or the
+    ``stopping`` rule (then with the best pass's weights); mean loss per pass.
 
     A batch is a tensor of training rows, cut along its first axis into one
     slice per rank; ``batch_loss`` gets the model (in DDP when a process group
@@ -99,10 +128,14 @@ def train_loop(model: nn.Module, batch_loss: BatchLoss, passes: Iterable[Iterabl
         done += len(losses)
         bar.update(len(losses))
         history.append(distributed.mean(sum(losses) / len(losses), device))
-        bar.set_postfix(loss=f"{history[-1]:.4f}")
-        if done >= plan.steps:
+        halt = stopping is not None and stopping.update(model)
+        bar.set_postfix(loss=f"{history[-1]:.4f}", **(
+            {"score": f"{stopping.scores[-1]:.4f}"} if stopping is not None else {}))
+        if done >= plan.steps or halt:
             break
     bar.close()
+    if stopping is not None:
+        stopping.restore(model)
     model.eval()
     return history
 
@@ -123,8 +156,12 @@ def make_optimizer(model: nn.Module, plan: Plan, settings: OptimizerSettings):
                     "weight_decay": settings.weight_decay},
                    {"params": [p for p in params if p.dim() < 2], "lr": plan.lr * scale,
                     "weight_decay": 0.0}]
+    # fused: one kernel for all parameters, several times faster than the loop (on 2
+    # CPU cores 0.02 s instead of 0.15 s a step for a 23M-parameter decoder)
+    device = next(model.parameters()).device
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=plan.lr,
-                                  betas=settings.betas)
+                                  betas=settings.betas,
+                                  fused=device.type in ("cpu", "cuda"))
 
     def factor(step: int) -> float:
         if step < plan.warmup:

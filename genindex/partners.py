@@ -27,7 +27,7 @@ class Partners:
         self.labelled = labels is not None
         if labels is None:
             return
-        labels = labels.to(self.device)
+        labels = self.labels = labels.to(self.device)
         self.order = torch.argsort(labels, stable=True)
         counts = torch.bincount(labels)
         self.start = (counts.cumsum(0) - counts)[labels]
@@ -53,6 +53,21 @@ class Partners:
              * (count - 1).clamp(min=1)).long()
         r = r + ((r >= position) & (count > 1)).long()  # never the item itself, unless alone
         return self.order[start + r]
+
+    def is_partner_code(self, rows: torch.Tensor, decoded: torch.Tensor,
+                        codes: torch.Tensor) -> torch.Tensor:
+        """Bool (len(rows),): whether ``decoded[i]`` (an identifier, (M,)) is the code
+        (``codes`` (n, M)) of a possible partner of ``rows[i]`` or of the row itself."""
+        rows = rows.to(self.device)
+        both = torch.cat([codes.to(self.device), decoded.to(self.device)])
+        _, ids = torch.unique(both, dim=0, return_inverse=True)  # one id per identifier
+        item_id, decoded_id = ids[:len(codes)], ids[len(codes):]
+        if self.labelled:  # any item of the row's class
+            width = len(both)
+            return torch.isin(self.labels[rows] * width + decoded_id,
+                              self.labels * width + item_id)
+        allowed = torch.cat([rows[:, None], self._all_neighbors()[rows]], dim=1)
+        return (item_id[allowed] == decoded_id[:, None]).any(dim=1)
 
     def _all_neighbors(self) -> torch.Tensor:
         if self._knn is None:

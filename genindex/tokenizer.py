@@ -56,8 +56,10 @@ class ResidualQuantizer(nn.Module):
         return self.codebooks.shape[1]
 
     @torch.no_grad()
-    def fit(self, f: torch.Tensor, iters: int, generator: torch.Generator) -> None:
-        """Set codebook m by k-means on the residuals left by codebooks < m."""
+    def fit(self, f: torch.Tensor, iters: int, generator: torch.Generator,
+            warm: bool = False) -> None:
+        """Set codebook m by k-means on the residuals left by codebooks < m, started from
+        the current codebooks when ``warm``."""
         residual = f.detach().float()
         for m in range(self.num_codebooks):
             if residual.abs().max() <= 1e-6 * f.abs().max():
@@ -65,7 +67,8 @@ class ResidualQuantizer(nn.Module):
                 # codebook gives every item code 0 here instead of codes picked by rounding
                 self.codebooks[m:] = 0
                 return
-            self.codebooks[m] = kmeans(residual, self.codebook_size, iters, generator)
+            init = self.codebooks[m] if warm and self.codebooks[m].any() else None
+            self.codebooks[m] = kmeans(residual, self.codebook_size, iters, generator, init)
             codes, _ = assign(residual, self.codebooks[m])
             residual = residual - self.codebooks[m][codes]
 
@@ -147,6 +150,14 @@ class SemanticTokenizer(nn.Module):
             class_codes = torch.zeros(num_classes, config.num_codebooks, dtype=torch.long)
         self.class_codes: torch.Tensor | None
         self.register_buffer("class_codes", class_codes)
+        # with class identifiers and config.novelty: the best-class cosine below which an
+        # item gets its own identifier (set_novelty; -inf until then)
+        novelty = None
+        if class_codes is not None and config.novelty > 0:
+            novelty = torch.full((1,), float("-inf"))
+        self.novelty_quantile = config.novelty
+        self.novelty_cosine: torch.Tensor | None
+        self.register_buffer("novelty_cosine", novelty)
 
     @property
     def supervised(self) -> bool:
@@ -188,7 +199,21 @@ class SemanticTokenizer(nn.Module):
     def _encode_features(self, f: torch.Tensor) -> torch.Tensor:
         if self.class_codes is None:
             return self.quantizer.encode(f)
-        return self.class_codes[self.classifier(f).argmax(dim=1)]
+        cosine, best = self.classifier(f).max(dim=1)
+        codes = self.class_codes[best]
+        if self.novelty_cosine is not None:
+            novel = cosine / self.classifier.scale < self.novelty_cosine
+            codes[novel] = self.quantizer.encode(f[novel])
+        return codes
+
+    @torch.no_grad()
+    def set_novelty(self, v: torch.Tensor) -> None:
+        """Set the novelty threshold from the global features ``v`` of known-class
+        items: the ``novelty`` quantile of their best class cosines."""
+        if self.novelty_cosine is None:
+            raise RuntimeError("set_novelty needs identifiers='class' and novelty > 0")
+        cosine = self.classifier(self._f_cls(v)).max(dim=1).values / self.classifier.scale
+        self.novelty_cosine.fill_(float(torch.quantile(cosine.float(), self.novelty_quantile)))
 
     @torch.no_grad()
     def class_centres(self, f: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -32,7 +33,16 @@ from . import distributed
 from .backbones import Backbone
 from .config import IndexConfig
 from .decoder import Decoder, TokenMemory
-from .loop import BatchLoss, Objective, autocast, batches, epoch_plan, num_epochs, train_loop
+from .loop import (
+    BatchLoss,
+    Objective,
+    Stopping,
+    autocast,
+    batches,
+    epoch_plan,
+    num_epochs,
+    train_loop,
+)
 from .partners import Partners
 from .tokenizer import SemanticTokenizer, chunk_size
 from .trie import Trie
@@ -42,10 +52,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainHistory:
-    """Mean training loss of every epoch."""
+    """Mean training loss of every epoch and, under a stopping rule, its held-out score
+    (the tokenizer's: class accuracy of the identifiers; the decoder's: the share of
+    greedily decoded identifiers that are a partner's)."""
 
     tokenizer_loss: list[float] = field(default_factory=list)
     decoder_loss: list[float] = field(default_factory=list)
+    tokenizer_score: list[float] = field(default_factory=list)
+    decoder_score: list[float] = field(default_factory=list)
+    tokenizer_s: float | None = None  # wall-clock seconds of each stage
+    decoder_s: float | None = None
 
 
 class Models(NamedTuple):
@@ -69,28 +85,61 @@ def train_models(inputs: torch.Tensor, labels: torch.Tensor | None, config: Inde
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         encoder = copy.deepcopy(backbone).train() if end_to_end else None
-        tokenizer, tokenizer_loss = train_tokenizer(inputs, labels, config, generator,
-                                                    progress, encoder)
+        _, held = split_holdout(len(inputs), config, generator, inputs.device)
+        started = time.perf_counter()
+        tokenizer, tokenizer_stop = train_tokenizer(inputs, labels, config, generator,
+                                                    progress, encoder, held)
         freeze(tokenizer)
         vectors = tokenizer.feature_vectors(inputs)
         codes = tokenizer.encode_vectors(vectors)
+        if tokenizer.novelty_cosine is not None:  # for items added from now on
+            tokenizer.set_novelty(vectors if held is None else vectors[held])
+        tokenized = time.perf_counter()
         decoder = new_decoder(tokenizer, config).to(inputs.device)
         partners = Partners(inputs, labels, config.decoder.neighbors)
-        decoder_loss = train_decoder(decoder, inputs, codes, partners, config, generator,
-                                     progress)
+        decoder_stop = train_decoder(decoder, inputs, codes, partners, config, generator,
+                                     progress, held)
         freeze(decoder)
-    return Models(tokenizer, decoder, TrainHistory(tokenizer_loss, decoder_loss), codes, vectors)
+    history = TrainHistory(tokenizer_stop.losses, decoder_stop.losses, tokenizer_stop.scores,
+                           decoder_stop.scores, tokenized - started,
+                           time.perf_counter() - tokenized)
+    log.info("tokenizer trained in %.1f s (%d epochs), decoder in %.1f s (%d epochs)",
+             history.tokenizer_s, len(history.tokenizer_loss), history.decoder_s,
+             len(history.decoder_loss))
+    return Models(tokenizer, decoder, history, codes, vectors)
+
+
+class Trained(NamedTuple):
+    """A stage's mean loss per epoch and held-out score per epoch (empty: no rule)."""
+
+    losses: list[float]
+    scores: list[float]
+
+
+def split_holdout(n: int, config: IndexConfig, generator: torch.Generator,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(training rows, held-out rows or None)``: ``config.holdout`` of the rows (at most
+    2,000, at least 1) held out when a stopping rule is set, else none."""
+    rows = torch.arange(n, device=device)
+    wanted = config.tokenizer.patience or config.decoder.patience
+    size = min(int(round(config.holdout * n)), 2000)
+    if not wanted or size < 1 or n - size < 2:
+        return rows, None
+    order = torch.randperm(n, generator=generator).to(device)
+    return order[size:].sort().values, order[:size].sort().values
 
 
 def train_tokenizer(x: torch.Tensor, labels: torch.Tensor | None, config: IndexConfig,
                     generator: torch.Generator, progress: bool = True,
-                    encoder: Backbone | None = None) -> tuple[SemanticTokenizer, list[float]]:
+                    encoder: Backbone | None = None, held: torch.Tensor | None = None
+                    ) -> tuple[SemanticTokenizer, Trained]:
     """Fit a tokenizer on features ``x`` (n, d) and integer ``labels`` (n,) or None.
 
     With an ``encoder`` (end-to-end mode) ``x`` holds pixels and the encoder is
     fine-tuned too, at ``config.backbone_lr_scale`` times the learning rate.
     L is shrunk to ``n`` when the training set has fewer than L items: k-means
-    cannot place more centroids than there are points.
+    cannot place more centroids than there are points. ``held``: rows the head
+    never trains on, scored by the stopping rule (``TokenizerConfig.patience``).
     """
     tc = config.tokenizer
     size = min(tc.codebook_size, len(x))
@@ -103,55 +152,102 @@ def train_tokenizer(x: torch.Tensor, labels: torch.Tensor | None, config: IndexC
     if labels is None:  # plain residual quantization of the input
         tokenizer.quantizer.fit(x, tc.kmeans_iters, generator)
         distributed.sync_buffers(tokenizer)  # GPU k-means sums in no fixed order
-        return tokenizer, []
-    epochs = num_epochs(tc.epochs, tc.min_steps, len(x), tc.batch_size)
+        return tokenizer, Trained([], [])
+    train = _complement(len(x), held, x.device)
+    epochs = num_epochs(tc.epochs, tc.min_steps, len(train), tc.batch_size)
 
     def passes() -> Iterator[Iterator[torch.Tensor]]:
         for epoch in range(epochs):
             # Alternating optimisation (paper 3.1): the codebooks are refit by
-            # k-means on the current features, then the head is trained against
-            # them. A full refit rather than an EMA update: the features of the
-            # whole training set are cheap to recompute, the refit is exact and
-            # deterministic, has no decay rate to tune and leaves no dead codes.
+            # k-means on the current features (from scratch first, then started
+            # from the current codebooks), and the head is trained against them.
+            # A refit rather than an EMA update: the features of the whole
+            # training set are cheap to recompute, the refit is deterministic,
+            # has no decay rate to tune and leaves no dead codes.
             if epoch % tc.refit_every == 0:
-                tokenizer.quantizer.fit(_f_cls(tokenizer, x), tc.kmeans_iters, generator)
-            yield batches(len(x), tc.batch_size, generator, x.device)
+                tokenizer.quantizer.fit(_f_cls(tokenizer, x), tc.refit_iters if epoch else
+                                        tc.kmeans_iters, generator, warm=epoch > 0)
+            yield (train[rows] for rows in batches(len(train), tc.batch_size, generator,
+                                                   x.device))
 
+    stopping = None if held is None or not tc.patience else Stopping(
+        lambda: identifier_accuracy(tokenizer, x[held], labels[held]), tc.patience)
     objective = Objective(tokenizer, lambda t, x, y: t.loss(x, y, tc.lambda1, tc.lambda2))
     history = train_loop(objective, lambda model, rows: model(x[rows], labels[rows]), passes(),
-                         epoch_plan(tc.lr, epochs, tc.warmup_epochs, len(x), tc.batch_size),
-                         config, "train tokenizer", progress)
+                         epoch_plan(tc.lr, epochs, tc.warmup_epochs, len(train), tc.batch_size),
+                         config, "train tokenizer", progress, stopping)
     features = _f_cls(tokenizer, x)
     tokenizer.quantizer.fit(features, tc.kmeans_iters, generator)
     if tokenizer.class_codes is not None:  # codebooks fit on the items, as the paper
         tokenizer.set_class_codes(tokenizer.class_centres(features, labels))
     distributed.sync_buffers(tokenizer)  # every rank encodes with rank 0's codebooks
-    return tokenizer, history
+    return tokenizer, Trained(history, [] if stopping is None else stopping.scores)
+
+
+@torch.no_grad()
+def identifier_accuracy(tokenizer: SemanticTokenizer, x: torch.Tensor,
+                        labels: torch.Tensor) -> float:
+    """The tokenizer's held-out score: the share of items whose identifier names their
+    class (class identifiers: the class assigned; feature identifiers: the class of
+    the reconstruction f^<=M)."""
+    f = _f_cls(tokenizer, x)
+    if tokenizer.class_codes is None:
+        f = tokenizer.decode(tokenizer.quantizer.encode(f))
+    return float((tokenizer.classifier(f).argmax(dim=1) == labels).float().mean())
 
 
 def train_decoder(decoder: Decoder, x: torch.Tensor, codes: torch.Tensor, partners: Partners,
                   config: IndexConfig, generator: torch.Generator,
-                  progress: bool = True) -> list[float]:
+                  progress: bool = True, held: torch.Tensor | None = None) -> Trained:
     """Teach ``decoder`` to write ``codes[j]`` for input ``x[i]``, j a partner of i.
 
-    Each epoch ``partners`` draws one partner per item.
+    Each epoch ``partners`` draws one partner per item. ``held``: rows never read
+    as inputs (they remain targets), scored by the stopping rule
+    (``DecoderConfig.patience``).
     """
     dc = config.decoder
-    epochs = num_epochs(dc.epochs, dc.min_steps, len(x), dc.batch_size)
+    train = _complement(len(x), held, x.device)
+    epochs = num_epochs(dc.epochs, dc.min_steps, len(train), dc.batch_size)
     trie = (Trie(codes.cpu().numpy(), np.arange(len(codes)), decoder.codebook_size)
             if dc.constrained_loss else None)
 
     def passes() -> Iterator[Iterator[torch.Tensor]]:
         for _ in range(epochs):
             partner = partners.sample(generator)
-            yield (torch.stack([rows, partner[rows]], dim=1)
-                   for rows in batches(len(x), dc.batch_size, generator, x.device))
+            yield (torch.stack([train[rows], partner[train[rows]]], dim=1)
+                   for rows in batches(len(train), dc.batch_size, generator, x.device))
 
+    stopping = None if held is None or not dc.patience else Stopping(
+        lambda: partner_accuracy(decoder, x, codes, partners, held), dc.patience)
     history = train_loop(decoder, decoder_loss(x, codes, trie), passes(),
-                         epoch_plan(dc.lr, epochs, dc.warmup_epochs, len(x), dc.batch_size),
-                         config, "train decoder", progress)
+                         epoch_plan(dc.lr, epochs, dc.warmup_epochs, len(train), dc.batch_size),
+                         config, "train decoder", progress, stopping)
     distributed.sync_buffers(decoder)
-    return history
+    return Trained(history, [] if stopping is None else stopping.scores)
+
+
+@torch.no_grad()
+def partner_accuracy(decoder: Decoder, x: torch.Tensor, codes: torch.Tensor,
+                     partners: Partners, rows: torch.Tensor) -> float:
+    """The decoder's held-out score: the share of ``rows`` whose greedily decoded
+    identifier is that of one of their possible partners (or their own)."""
+    decoder.eval()
+    hits = []
+    for chunk in rows.split(1024):
+        state, step, decoded = decoder.start(x[chunk]), None, []
+        for _ in range(codes.shape[1]):
+            step = decoder.step(state, step).argmax(dim=-1)  # (Q, 1): one beam a query
+            decoded.append(step[:, 0])
+        hits.append(partners.is_partner_code(chunk, torch.stack(decoded, dim=1), codes))
+    return float(torch.cat(hits).float().mean())
+
+
+def _complement(n: int, held: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """The rows 0..n-1 not in ``held``."""
+    keep = torch.ones(n, dtype=torch.bool, device=device)
+    if held is not None:
+        keep[held] = False
+    return torch.nonzero(keep).flatten()
 
 
 def decoder_loss(x: torch.Tensor, codes: torch.Tensor, trie: Trie | None) -> BatchLoss:

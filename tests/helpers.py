@@ -8,9 +8,10 @@ from genindex import DecoderConfig, IndexConfig, TokenizerConfig
 
 TINY = IndexConfig(
     tokenizer=TokenizerConfig(num_codebooks=3, codebook_size=16, dim=16, epochs=30,
-                              min_steps=0, batch_size=32, kmeans_iters=5, refit_every=2),
+                              min_steps=0, batch_size=32, kmeans_iters=5, refit_every=2,
+                              patience=0),
     decoder=DecoderConfig(n_layer=1, n_head=2, n_embd=32, epochs=30, min_steps=0,
-                          batch_size=32, dropout=0.0),
+                          batch_size=32, dropout=0.0, patience=0),
 )
 
 

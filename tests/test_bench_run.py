@@ -199,3 +199,17 @@ def test_pr_curve_by_hand():
     np.testing.assert_allclose(precision, [1 / 3, 1 / 3, 2 / 9, 1 / 4])
     # recall: found / relevant: [0, 1/2, 1/2, 1], [1, 1, 1, 1], zeros
     np.testing.assert_allclose(recall, [1 / 3, 1 / 2, 1 / 2, 2 / 3])
+
+
+@pytest.mark.parametrize("new_classes", [0.0, 0.2])
+def test_fresh_split_holds_out_whole_classes_and_half_of_the_others(new_classes):
+    from benchmarks.fresh import split
+
+    labels = np.repeat(np.arange(10), [4, 5, 4, 5, 4, 5, 4, 5, 2, 3])
+    old, new = split(labels, seed=0, new_classes=new_classes)
+    assert sorted(np.concatenate([old, new]).tolist()) == list(range(len(labels)))
+    unseen = np.setdiff1d(np.arange(10), labels[old])
+    assert len(unseen) == round(10 * new_classes)
+    for c in range(10):
+        size, kept = (labels == c).sum(), (labels[old] == c).sum()
+        assert kept == 0 if c in unseen else kept in (size // 2, size - size // 2)

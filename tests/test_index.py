@@ -359,3 +359,31 @@ def test_fit_encodes_the_training_set_once_and_adds_what_training_computed(data,
     stored = index._state.trie.codes[order]
     np.testing.assert_array_equal(stored, index.encode(x))  # the codes an add would give
     np.testing.assert_array_equal(index._state.vectors.vectors, x)
+
+
+def test_items_of_unseen_classes_get_identifiers_of_their_own(tmp_path):
+    """Class identifiers with a novelty threshold: an added item far from every trained
+    class keeps its own feature's identifier instead of joining another class's leaf."""
+    from .helpers import clustered
+
+    x, labels = clustered(num_classes=12, per_class=10, d=16, noise=0.3, seed=5)
+    seen = labels < 9
+    tokenizer = {**TINY.to_dict()["tokenizer"], "identifiers": "class", "head": "linear",
+                 "novelty": 0.05}
+    config = IndexConfig.from_dict({**TINY.to_dict(), "tokenizer": tokenizer})
+    index = GenerativeIndex.fit(x[seen], labels[seen], config, progress=False)
+    threshold = float(index.tokenizer.novelty_cosine)
+    assert -1 < threshold < 1
+    class_rows = {tuple(row) for row in index.tokenizer.class_codes.tolist()}
+    codes = index.encode(x)
+    own = [tuple(row) not in class_rows for row in codes.tolist()]
+    # unseen classes (measured: 0.7; some lie near a trained class, or quantize onto one)
+    assert np.mean([o for o, s in zip(own, seen) if not s]) >= 0.6
+    assert np.mean([o for o, s in zip(own, seen) if s]) <= 0.1  # about the 5% quantile
+    loaded = copy_of(index, tmp_path)
+    assert float(loaded.tokenizer.novelty_cosine) == threshold
+    np.testing.assert_array_equal(loaded.encode(x), codes)
+    without = GenerativeIndex.fit(x[seen], labels[seen], config.replace(
+        tokenizer=dataclasses.replace(config.tokenizer, novelty=0.0)), progress=False)
+    assert all(tuple(row) in {tuple(r) for r in without.tokenizer.class_codes.tolist()}
+               for row in without.encode(x).tolist())  # every item joins a class's leaf

@@ -79,6 +79,23 @@ def test_kmeans_is_seeded_and_uses_every_centroid():
     assert len(torch.unique(labels)) == 32
 
 
+def test_warm_started_kmeans_continues_from_its_start():
+    """Lloyd's iterations from converged centroids stay there; a warm refit of fitted
+    codebooks keeps them (nothing moved) and refits changed features from them."""
+    x = torch.randn(400, 4, generator=torch.Generator().manual_seed(2))
+    converged = kmeans(x, 8, 100, torch.Generator().manual_seed(0))
+    again = kmeans(x, 8, 3, torch.Generator().manual_seed(9), init=converged)
+    torch.testing.assert_close(again, converged)
+    quantizer = ResidualQuantizer(2, 8, 4)
+    quantizer.fit(x, 100, torch.Generator().manual_seed(0))
+    before = quantizer.codebooks.clone()
+    quantizer.fit(x, 3, torch.Generator().manual_seed(5), warm=True)
+    torch.testing.assert_close(quantizer.codebooks, before)
+    error = float(((x + 0.5 - quantizer.decode(quantizer.encode(x + 0.5))) ** 2).mean())
+    quantizer.fit(x + 0.5, 3, torch.Generator().manual_seed(5), warm=True)
+    assert float(((x + 0.5 - quantizer.decode(quantizer.encode(x + 0.5))) ** 2).mean()) < error
+
+
 def test_codebook_shrinks_to_the_number_of_training_items(caplog):
     config = IndexConfig(tokenizer=TokenizerConfig(codebook_size=64, epochs=1, min_steps=0, dim=8))
     x = torch.randn(20, 6, generator=torch.Generator().manual_seed(0))
@@ -98,7 +115,7 @@ def test_unsupervised_tokenizer_is_residual_quantization_of_the_input():
     x = torch.randn(300, 5, generator=torch.Generator().manual_seed(0))
     tokenizer, history = train_tokenizer(x, None, config, torch.Generator().manual_seed(0),
                                          progress=False)
-    assert history == [] and not tokenizer.supervised
+    assert history == ([], []) and not tokenizer.supervised
     assert tokenizer.decode(tokenizer.encode(x)).shape == (300, 5)
     assert torch.equal(tokenizer.encode(x), tokenizer.quantizer.encode(x))
 

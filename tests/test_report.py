@@ -130,7 +130,7 @@ def test_cost_table_numbers_and_notes():
     rows = parse_tables(markdown(minimal_result()))["Cost."]
     assert rows[0] == {"method": "linear", "backbone": "bb", "build s": "0.250",
                        "queries/s": "1,234", "bytes": "102,400", "bytes/item": "512",
-                       "note": ""}
+                       "note": "", "R@10 vs exact (%)": "–", "seeds": "–"}
     assert rows[1]["bytes/item"] == "32.0" and rows[1]["queries/s"] == "5,000"
     assert rows[1]["note"] == "nprobe=8 | 4x8 PQ"  # the pipe is escaped, not a new column
 

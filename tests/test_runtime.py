@@ -22,6 +22,7 @@ def lite0():
 
 
 def test_onnx_runtime_features_match_torch(lite0, monkeypatch):
+    monkeypatch.setattr(runtime, "_SESSIONS", {})  # none from earlier tests
     images = np.random.default_rng(0).integers(0, 256, (5, 40, 30, 3), dtype=np.uint8)
     cpu = torch.device("cpu")
     monkeypatch.setenv("GENINDEX_ONNX", "0")
