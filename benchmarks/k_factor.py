@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import datasets, metrics  # noqa: E402
-from benchmarks.run import prepare  # noqa: E402
+from benchmarks.run import prepare, prepare_arguments  # noqa: E402
 from genindex import GenerativeIndex  # noqa: E402
 
 K = 100  # results per query: MAP@100, as the tables
@@ -40,14 +40,8 @@ def row(name: str, ids: np.ndarray, seconds: float, exact: np.ndarray, db_labels
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--data-root")
-    parser.add_argument("--limit", type=int)
-    parser.add_argument("--backbone", default="efficientnet-lite0")
-    parser.add_argument("--config", help="as run.py's --config")
+    prepare_arguments(parser, "as run.py's --config (one file)")
     parser.add_argument("--k-factors", default="1,2,4,10")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     setup = prepare(args)

@@ -137,6 +137,17 @@ class Setup(NamedTuple):
         return self.configs[0][1]
 
 
+def prepare_arguments(parser: argparse.ArgumentParser, config_help: str) -> None:
+    """The options :func:`prepare` reads, for the runners that build one index."""
+    parser.add_argument("--dataset", required=True, help=f"one of {datasets.names()}")
+    parser.add_argument("--data-root", help="where the data set lives or is fetched to")
+    parser.add_argument("--limit", type=int, help="keep only the first N classes")
+    parser.add_argument("--backbone", default="efficientnet-lite0")
+    parser.add_argument("--config", help=config_help)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads")
+
+
 def prepare(args) -> Setup:
     """The runners' common start: logging, threads, configs, data set, backbone, features.
     ``args`` has dataset, data_root, limit, backbone, config, device, threads and quiet,
@@ -244,7 +255,7 @@ def run_methods(args, setup: Setup, db, queries, names, metric, ks, label, class
         method.set_query_arguments()
         if isinstance(method, GenIndex) and genindex is None:
             genindex = method
-    return [runs[0][0] if runs[0][1] is None else mean_row([row for row, _ in runs])
+    return [runs[0][0] if len(runs) == 1 else mean_row([row for row, _ in runs])
             for runs in rows.values()], genindex
 
 

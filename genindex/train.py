@@ -31,7 +31,7 @@ from torch import nn
 
 from . import distributed
 from .backbones import Backbone
-from .config import IndexConfig
+from .config import IndexConfig, TokenizerConfig
 from .decoder import Decoder, TokenMemory
 from .loop import (
     BatchLoss,
@@ -142,13 +142,7 @@ def train_tokenizer(x: torch.Tensor, labels: torch.Tensor | None, config: IndexC
     never trains on, scored by the stopping rule (``TokenizerConfig.patience``).
     """
     tc = config.tokenizer
-    size = min(tc.codebook_size, len(x))
-    if size < tc.codebook_size:
-        log.warning("only %d training items: codebook size L shrunk from %d to %d",
-                    len(x), tc.codebook_size, size)
-    num_classes = None if labels is None else int(labels.max()) + 1
-    input_dim = x.shape[1] if encoder is None else encoder.feature_dim
-    tokenizer = SemanticTokenizer(input_dim, tc, num_classes, size, encoder).to(x.device)
+    tokenizer = _new_tokenizer(x, labels, tc, encoder)
     if labels is None:  # plain residual quantization of the input
         tokenizer.quantizer.fit(x, tc.kmeans_iters, generator)
         distributed.sync_buffers(tokenizer)  # GPU k-means sums in no fixed order
@@ -182,6 +176,18 @@ def train_tokenizer(x: torch.Tensor, labels: torch.Tensor | None, config: IndexC
         tokenizer.set_class_codes(tokenizer.class_centres(features, labels))
     distributed.sync_buffers(tokenizer)  # every rank encodes with rank 0's codebooks
     return tokenizer, Trained(history, [] if stopping is None else stopping.scores)
+
+
+def _new_tokenizer(x: torch.Tensor, labels: torch.Tensor | None, tc: TokenizerConfig,
+                   encoder: Backbone | None) -> SemanticTokenizer:
+    """An untrained tokenizer for ``x``, L shrunk to ``len(x)`` where it has fewer items."""
+    size = min(tc.codebook_size, len(x))
+    if size < tc.codebook_size:
+        log.warning("only %d training items: codebook size L shrunk from %d to %d",
+                    len(x), tc.codebook_size, size)
+    num_classes = None if labels is None else int(labels.max()) + 1
+    input_dim = x.shape[1] if encoder is None else encoder.feature_dim
+    return SemanticTokenizer(input_dim, tc, num_classes, size, encoder).to(x.device)
 
 
 @torch.no_grad()

@@ -213,3 +213,16 @@ def test_fresh_split_holds_out_whole_classes_and_half_of_the_others(new_classes)
     for c in range(10):
         size, kept = (labels == c).sum(), (labels[old] == c).sum()
         assert kept == 0 if c in unseen else kept in (size // 2, size - size // 2)
+
+
+def test_curves_settings_change_one_field_each():
+    from benchmarks.curves import changed
+    from genindex import IndexConfig
+
+    config = changed(IndexConfig(), ["decoder.n_layer=2", "tokenizer.patience=0",
+                                     "index.holdout=0.1", 'tokenizer.identifiers="class"'])
+    assert (config.decoder.n_layer, config.tokenizer.patience, config.holdout,
+            config.tokenizer.identifiers) == (2, 0, 0.1, "class")
+    assert config.decoder.n_embd == IndexConfig().decoder.n_embd
+    with pytest.raises(SystemExit, match="expected"):
+        changed(IndexConfig(), ["n_layer=2"])
