@@ -85,7 +85,7 @@ def train_models(inputs: torch.Tensor, labels: torch.Tensor | None, config: Inde
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         encoder = copy.deepcopy(backbone).train() if end_to_end else None
-        _, held = split_holdout(len(inputs), config, generator, inputs.device)
+        held = split_holdout(len(inputs), config, generator, inputs.device)
         started = time.perf_counter()
         tokenizer, tokenizer_stop = train_tokenizer(inputs, labels, config, generator,
                                                     progress, encoder, held)
@@ -117,16 +117,14 @@ class Trained(NamedTuple):
 
 
 def split_holdout(n: int, config: IndexConfig, generator: torch.Generator,
-                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(training rows, held-out rows or None)``: ``config.holdout`` of the rows (at most
-    2,000, at least 1) held out when a stopping rule is set, else none."""
-    rows = torch.arange(n, device=device)
+                  device: torch.device) -> torch.Tensor | None:
+    """The held-out rows: ``config.holdout`` of the rows (at most 2,000, at least 1)
+    when a stopping rule is set, else None. Each stage trains on the others."""
     wanted = config.tokenizer.patience or config.decoder.patience
     size = min(int(round(config.holdout * n)), 2000)
     if not wanted or size < 1 or n - size < 2:
-        return rows, None
-    order = torch.randperm(n, generator=generator).to(device)
-    return order[size:].sort().values, order[:size].sort().values
+        return None
+    return torch.randperm(n, generator=generator)[:size].sort().values.to(device)
 
 
 def train_tokenizer(x: torch.Tensor, labels: torch.Tensor | None, config: IndexConfig,
