@@ -25,12 +25,22 @@ QUERY_CHUNK = 256  # queries ranked at a time: a (chunk, n) distance matrix
 def class_ranked(class_scores: np.ndarray, item_class: np.ndarray, item_distance: np.ndarray,
                  k: int) -> np.ndarray:
     """(nq, k) ids: items ordered by the rank of their class (``class_scores`` (nq, C),
-    larger first), ties within a class by ``item_distance`` (nq, n), smaller first."""
+    larger first), ties within a class by ``item_distance`` (nq, n), smaller first, then
+    by id (two items tied at the k-th place: either may be kept, as in Faiss); -1 pads
+    a row past the database's size. Linear in n per query: no full sort."""
     class_rank = np.argsort(np.argsort(-class_scores, axis=1, kind="stable"), axis=1)
     item_rank = np.take_along_axis(class_rank, np.broadcast_to(
         item_class, item_distance.shape), axis=1)
-    order = np.lexsort((item_distance, item_rank), axis=1)[:, :k]
-    return np.pad(order, ((0, 0), (0, k - order.shape[1])), constant_values=-1).astype(np.int64)
+    # one float64 key per item: its class's rank, then its distance within [0, 1/2]
+    low = item_distance.min(axis=1, keepdims=True).astype(np.float64)
+    span = item_distance.max(axis=1, keepdims=True) - low
+    key = item_rank + 0.5 * (item_distance - low) / np.where(span > 0, span, 1.0)
+    top = min(k, key.shape[1])
+    chosen = np.sort(np.argpartition(key, top - 1, axis=1)[:, :top], axis=1) if top else \
+        np.zeros((len(key), 0), np.int64)
+    order = np.take_along_axis(chosen, np.argsort(np.take_along_axis(key, chosen, axis=1),
+                                                  axis=1, kind="stable"), axis=1)
+    return np.pad(order, ((0, 0), (0, k - top)), constant_values=-1).astype(np.int64)
 
 
 def _distances(queries: np.ndarray, db: np.ndarray, metric: str) -> np.ndarray:

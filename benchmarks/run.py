@@ -19,6 +19,7 @@ import argparse
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -32,7 +33,7 @@ from benchmarks.baselines import HNSW, IVFPQ, DiskANN, ScaNN, ivfpq_nlist  # noq
 from benchmarks.labelled import NCM, Classifier  # noqa: E402
 from benchmarks.methods import GenIndex, Linear, timed  # noqa: E402
 from benchmarks.rows import AblationRow, MethodRow, Metrics, PRCurve, Result, mean_row  # noqa: E402
-from benchmarks.sweep import beam_sweep  # noqa: E402
+from benchmarks.sweep import SWEEP_QUERIES, beam_sweep  # noqa: E402
 from genindex import IndexConfig  # noqa: E402
 from genindex.backbones import get_backbone  # noqa: E402
 from genindex.extract import extract_features, open_cache  # noqa: E402
@@ -189,15 +190,23 @@ def make_methods(names: list[str], args, metric: str, n: int, setup: Setup,
         if name != "genindex":
             built.append(Built(known[name]()))
             continue
-        for config, config_name in setup.configs:
+        for (config, config_name), label in zip(setup.configs, genindex_labels(setup.configs)):
             config = config or IndexConfig()
             end_to_end = config.end_to_end
             built += [Built(GenIndex(
                 config.replace(seed=config.seed + seed),
                 backbone=setup.backbone if end_to_end else None, device=args.device,
-                progress=not args.quiet, label=f"genindex, {config.tokenizer.identifiers} ids",
+                progress=not args.quiet, label=label,
                 note=f"config: {config_name}"), seed) for seed in range(args.seeds)]
     return built
+
+
+def genindex_labels(configs: list[tuple[IndexConfig | None, str]]) -> list[str]:
+    """Each config's row label, ``genindex, <identifiers> ids``, with the config's name
+    added where two configs share identifiers (their rows must not be averaged)."""
+    kinds = [(config or IndexConfig()).tokenizer.identifiers for config, _ in configs]
+    return [f"genindex, {kind} ids" + (f" ({name})" if kinds.count(kind) > 1 else "")
+            for kind, (_, name) in zip(kinds, configs)]
 
 
 def evaluate(ids: np.ndarray, data: datasets.Dataset, ks: tuple[int, ...],
@@ -338,9 +347,11 @@ def main(argv: list[str] | None = None) -> int:
     threads, date = torch.get_num_threads(), time.strftime("%Y-%m-%d")
     beams = [int(b) for b in _split(args.beam_sizes)]
     sweep_ks = tuple(k for k in ks if k <= 10)
+    swept = replace(data, query_images=data.query_images[:SWEEP_QUERIES],
+                    query_labels=data.query_labels[:SWEEP_QUERIES])
     sweep = [] if genindex is None or not beams else beam_sweep(
-        genindex, setup.backbone, data, queries, beams,
-        lambda ids: evaluate(ids, data, sweep_ks, map_k=10))
+        genindex, setup.backbone, swept, queries[:SWEEP_QUERIES], beams,
+        lambda ids: evaluate(ids, swept, sweep_ks, map_k=10))
     result = Result(dataset=args.dataset, rows=tuple(rows), database=len(db),
                     queries=len(queries), ks=tuple(ks), metric=metric, threads=threads,
                     date=date, notes=data.notes, beam_sweep=tuple(sweep), split=args.split,

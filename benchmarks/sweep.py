@@ -23,6 +23,7 @@ from .methods import GenIndex
 from .rows import BeamRow, Metrics
 
 PER = 100  # queries per timed batch, as the paper's Fig. 5
+SWEEP_QUERIES = 2000  # the runner sweeps the first this many queries (time)
 TRIE_PARTS = ("mask", "items")
 
 
@@ -62,4 +63,4 @@ def _encoder_seconds(backbone, images) -> float:
     return (time.perf_counter() - start) * PER / len(images)
 
 
-__all__ = ["beam_sweep"]
+__all__ = ["SWEEP_QUERIES", "beam_sweep"]

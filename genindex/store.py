@@ -48,9 +48,13 @@ class VectorStore:
         """The vectors of ``ids`` (all present), in the order given."""
         return self.vectors[np.searchsorted(self.ids, ids)]
 
-    def distance(self, device: torch.device, queries: torch.Tensor, metric: str = "l2"):
+    def distance(self, device: torch.device, queries: torch.Tensor, metric: str = "l2",
+                 exact: bool = True):
         """A function ``(query_index, ids) -> value`` for beam search: the squared L2
-        distance (``metric="l2"``) or the inner product (``"ip"``) of each pair."""
+        distance (``metric="l2"``) or the inner product (``"ip"``) of each pair.
+        ``exact`` False (ranking a leaf's items): :func:`pair_values` may use matrix
+        products, whose squared L2 (||q||^2 - 2 q.x + ||x||^2) differs in the last
+        float32 bits; True (the values returned as ``D``): never."""
         with self._lock:
             if device not in self._tensors:
                 self._tensors[device] = (torch.as_tensor(self.ids, device=device),
@@ -58,11 +62,67 @@ class VectorStore:
             ids_sorted, vectors = self._tensors[device]
 
         def distance(query_index: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-            rows = vectors[torch.searchsorted(ids_sorted, ids)]
-            query = queries[query_index].float()
-            if metric == "ip":
-                return (rows * query).sum(dim=1)
-            diff = rows - query
-            return (diff * diff).sum(dim=1)
+            return pair_values(vectors, queries.float(), query_index,
+                               torch.searchsorted(ids_sorted, ids), metric, products=not exact)
 
         return distance
+
+
+CHUNK = 1 << 24  # floats of gathered vectors (or of a query-by-store block) at a time
+DENSE = 16  # a query-by-store product this many times the pairs is still cheaper (BLAS)
+
+
+def pair_values(vectors: torch.Tensor, queries: torch.Tensor, query_index: torch.Tensor,
+                rows: torch.Tensor, metric: str = "l2", products: bool = True) -> torch.Tensor:
+    """Squared L2 distance (or inner product) of each pair ``(queries[query_index[j]],
+    vectors[rows[j]])``, with memory bounded by :data:`CHUNK` however many pairs.
+
+    With ``products``, when the pairs cover much of the store for each query (a
+    large leaf read by many queries, as with class identifiers), the values
+    come from query-by-store matrix products; otherwise from one chunk of
+    gathered vectors at a time.
+    """
+    out = torch.empty(len(rows), device=vectors.device)
+    if not len(rows):
+        return out
+    order = None
+    if len(rows) > 1 and bool((query_index[1:] < query_index[:-1]).any()):
+        order = torch.argsort(query_index)
+        query_index, rows = query_index[order], rows[order]
+    asked = int((query_index[1:] != query_index[:-1]).sum()) + 1
+    if products and asked * len(vectors) <= DENSE * len(rows):
+        values = _dense_values(vectors, queries, query_index, rows, metric)
+    else:
+        values = torch.empty(len(rows), device=vectors.device)
+        step = max(1, CHUNK // max(vectors.shape[1], 1))
+        for start in range(0, len(rows), step):
+            part = slice(start, start + step)
+            found, query = vectors[rows[part]], queries[query_index[part]]
+            values[part] = ((found * query).sum(dim=1) if metric == "ip"
+                            else (found - query).square().sum(dim=1))
+    if order is None:
+        return values
+    out[order] = values
+    return out
+
+
+def _dense_values(vectors: torch.Tensor, queries: torch.Tensor, query_index: torch.Tensor,
+                  rows: torch.Tensor, metric: str) -> torch.Tensor:
+    """:func:`pair_values` for pairs sorted by query: a block of queries against the
+    whole store at a time, the pairs read out of the product."""
+    out = torch.empty(len(rows), device=vectors.device)
+    first, last = int(query_index[0]), int(query_index[-1]) + 1
+    step = max(1, CHUNK // max(len(vectors), 1))
+    bounds = torch.searchsorted(query_index, torch.arange(
+        first, last + step, step, device=query_index.device)).tolist()
+    norms = vectors.square().sum(dim=1) if metric == "l2" else None
+    for block, low in enumerate(range(first, last, step)):
+        pairs = slice(bounds[block], bounds[block + 1])
+        if pairs.start == pairs.stop:
+            continue
+        asked = queries[low:low + step]
+        q, r = query_index[pairs] - low, rows[pairs]
+        dots = (asked @ vectors.T)[q, r]
+        out[pairs] = dots if norms is None else (
+            asked.square().sum(dim=1)[q] - 2 * dots + norms[r]).clamp(min=0)
+    return out

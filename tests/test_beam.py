@@ -115,3 +115,30 @@ def test_search_in_bounded_batches_equals_one_batch_and_times_every_part(trained
     metric = beam.search(state, torch.from_numpy(x), 5, 10, metric="l2")
     np.testing.assert_array_equal(trained.search(x, 5).ids, metric[1])
     assert set(timings) == set(beam.TIMED_PARTS) and all(t >= 0 for t in timings.values())
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 30), st.integers(1, 300), st.sampled_from(["l2", "ip"]),
+       st.integers(0, 2**16))
+def test_pair_values_equal_the_pairs_computed_one_at_a_time(items, queries, pairs, metric, seed):
+    """Both of its paths (few items shared by many queries: matrix products; else
+    gathered rows), with blocks far smaller than the data, against the definition."""
+    from genindex import store
+
+    g = torch.Generator().manual_seed(seed)
+    vectors, q = torch.randn(items, 8, generator=g), torch.randn(queries, 8, generator=g)
+    query_index = torch.randint(0, queries, (pairs,), generator=g)
+    rows = torch.randint(0, items, (pairs,), generator=g)
+    want = torch.stack([(vectors[r] * q[i]).sum() if metric == "ip"
+                        else (vectors[r] - q[i]).square().sum()
+                        for i, r in zip(query_index.tolist(), rows.tolist())])
+    for chunk, dense in ((1 << 24, 16), (16, 16), (16, 10**9), (16, 0)):
+        old = store.CHUNK, store.DENSE
+        store.CHUNK, store.DENSE = chunk, dense
+        try:
+            got = store.pair_values(vectors, q, query_index, rows, metric)
+            exact = store.pair_values(vectors, q, query_index, rows, metric, products=False)
+        finally:
+            store.CHUNK, store.DENSE = old
+        torch.testing.assert_close(exact, want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

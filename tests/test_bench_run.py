@@ -10,6 +10,7 @@ import pytest
 from benchmarks import ablations, metrics, run
 from benchmarks.datasets import digits  # noqa: F401  (registers the loader)
 from benchmarks.rows import Result
+from genindex import IndexConfig
 
 from .helpers import TINY
 
@@ -170,6 +171,19 @@ def test_run_reads_a_data_sets_tuned_config_unless_told_otherwise(tmp_path):
     assert config.seed == 3 and name == str(own)
     with pytest.raises(SystemExit, match="no such file"):
         genindex_config(str(tmp_path / "missing.json"), "emoji")
+
+
+def test_configs_that_share_identifiers_get_rows_of_their_own():
+    from benchmarks.run import genindex_labels
+
+    feature = IndexConfig.from_dict({"tokenizer": {"identifiers": "feature"}})
+    klass = IndexConfig.from_dict({"tokenizer": {"identifiers": "class"}})
+    assert genindex_labels([(feature, "a.json"), (klass, "b.json")]) == [
+        "genindex, feature ids", "genindex, class ids"]
+    # two class-id configs: one label each, or their rows would be averaged as seeds
+    assert genindex_labels([(klass, "b.json"), (klass, "c.json"), (None, "default")]) == [
+        "genindex, class ids (b.json)", "genindex, class ids (c.json)",
+        "genindex, feature ids"]
 
 
 def test_runner_without_the_data_says_where_it_comes_from_and_exits_2(tmp_path, capsys):
