@@ -82,9 +82,8 @@ def pair_values(vectors: torch.Tensor, queries: torch.Tensor, query_index: torch
     come from query-by-store matrix products; otherwise from one chunk of
     gathered vectors at a time.
     """
-    out = torch.empty(len(rows), device=vectors.device)
     if not len(rows):
-        return out
+        return torch.empty(0, device=vectors.device)
     order = None
     if len(rows) > 1 and bool((query_index[1:] < query_index[:-1]).any()):
         order = torch.argsort(query_index)
@@ -102,8 +101,7 @@ def pair_values(vectors: torch.Tensor, queries: torch.Tensor, query_index: torch
                             else (found - query).square().sum(dim=1))
     if order is None:
         return values
-    out[order] = values
-    return out
+    return torch.empty_like(values).index_copy_(0, order, values)  # back in the caller's order
 
 
 def _dense_values(vectors: torch.Tensor, queries: torch.Tensor, query_index: torch.Tensor,
