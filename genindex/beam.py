@@ -268,14 +268,36 @@ def top_items(trie: Trie, beams: Beams, k: int,
     item_ids = trie.tables(device).ids[start.reshape(-1)[beam] + offset]
     query = beam // width
     if distance is not None:
-        order = torch.argsort(_beam_then(beam, distance(query, item_ids)), stable=True)
+        order = _first_k(query, _beam_then(beam, distance(query, item_ids)), queries, k)
         beam, query, item_ids = beam[order], query[order], item_ids[order]
     per_query = torch.bincount(query, minlength=queries)
-    rank = torch.arange(total, device=device) - (per_query.cumsum(0) - per_query)[query]
+    rank = torch.arange(len(query), device=device) - (per_query.cumsum(0) - per_query)[query]
     keep = rank < k
     scores[query[keep], rank[keep]] = beams.scores.reshape(-1)[beam[keep]]
     ids[query[keep], rank[keep]] = item_ids[keep]
     return scores, ids
+
+
+def _first_k(query: torch.Tensor, key: torch.Tensor, queries: int, k: int) -> torch.Tensor:
+    """Indices of each query's ``k`` smallest ``key`` values (ties: the earlier first),
+    query after query, each in key order; ``query`` (sorted) owns each key. Where a
+    query has many more keys than ``k`` (a large leaf) a partial selection per query
+    replaces the full sort."""
+    per_query = torch.bincount(query, minlength=queries)
+    start, widest = per_query.cumsum(0) - per_query, int(per_query.max())
+    if widest <= 2 * k or queries * widest > 4 * len(key):  # few keys each, or uneven
+        order = torch.argsort(key, stable=True)
+        return order[torch.arange(len(key), device=key.device) - start[query[order]] < k]
+    grid = key.new_full((queries, widest), math.inf)
+    grid[query, torch.arange(len(key), device=key.device) - start[query]] = key
+    # the k smallest, widened to every key equal to the k-th so that ties keep the
+    # first ones, then put in (key, position) order
+    kth = grid.kthvalue(k, dim=1, keepdim=True).values
+    below, tied = grid < kth, (grid == kth) & (grid < math.inf)  # inf: padding
+    chosen = below | (tied & (below.sum(dim=1, keepdim=True) + tied.cumsum(dim=1) <= k))
+    rows, columns = chosen.nonzero(as_tuple=True)
+    flat = start[rows] + columns
+    return flat[torch.argsort(key[flat], stable=True)]
 
 
 def _beam_then(beam: torch.Tensor, value: torch.Tensor) -> torch.Tensor:

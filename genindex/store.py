@@ -7,6 +7,7 @@ new store, so a running search keeps a consistent view.
 from __future__ import annotations
 
 import threading
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -22,7 +23,10 @@ class VectorStore:
             ids, vectors = ids[order], vectors[order]
         self.ids = np.ascontiguousarray(ids, dtype=np.int64)
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        self._tensors: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        # ids 0..n-1 (the usual case): an id is its row, no lookup needed
+        self._ids_are_rows = bool(len(self.ids) == 0 or (
+            self.ids[0] == 0 and self.ids[-1] == len(self.ids) - 1))
+        self._tensors: dict[torch.device, _DeviceCopy] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -55,17 +59,31 @@ class VectorStore:
         ``exact`` False (ranking a leaf's items): :func:`pair_values` may use matrix
         products, whose squared L2 (||q||^2 - 2 q.x + ||x||^2) differs in the last
         float32 bits; True (the values returned as ``D``): never."""
-        with self._lock:
-            if device not in self._tensors:
-                self._tensors[device] = (torch.as_tensor(self.ids, device=device),
-                                         torch.as_tensor(self.vectors, device=device))
-            ids_sorted, vectors = self._tensors[device]
+        copy = self._on(device)
+        queries = queries.float()
 
         def distance(query_index: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-            return pair_values(vectors, queries.float(), query_index,
-                               torch.searchsorted(ids_sorted, ids), metric, products=not exact)
+            rows = ids if self._ids_are_rows else torch.searchsorted(copy.ids, ids)
+            return pair_values(copy.vectors, queries, query_index, rows, metric,
+                               products=not exact, norms=copy.norms)
 
         return distance
+
+    def _on(self, device: torch.device) -> _DeviceCopy:
+        """The store's tensors on ``device``, made on first use and kept."""
+        with self._lock:
+            if device not in self._tensors:
+                vectors = torch.as_tensor(self.vectors, device=device)
+                self._tensors[device] = _DeviceCopy(
+                    torch.as_tensor(self.ids, device=device), vectors,
+                    vectors.square().sum(dim=1))
+            return self._tensors[device]
+
+
+class _DeviceCopy(NamedTuple):
+    ids: torch.Tensor  # (n,) sorted
+    vectors: torch.Tensor  # (n, d)
+    norms: torch.Tensor  # (n,) squared L2 norms of the vectors
 
 
 CHUNK = 1 << 24  # floats of gathered vectors (or of a query-by-store block) at a time
@@ -73,14 +91,16 @@ DENSE = 16  # a query-by-store product this many times the pairs is still cheape
 
 
 def pair_values(vectors: torch.Tensor, queries: torch.Tensor, query_index: torch.Tensor,
-                rows: torch.Tensor, metric: str = "l2", products: bool = True) -> torch.Tensor:
+                rows: torch.Tensor, metric: str = "l2", products: bool = True,
+                norms: torch.Tensor | None = None) -> torch.Tensor:
     """Squared L2 distance (or inner product) of each pair ``(queries[query_index[j]],
     vectors[rows[j]])``, with memory bounded by :data:`CHUNK` however many pairs.
 
     With ``products``, when the pairs cover much of the store for each query (a
     large leaf read by many queries, as with class identifiers), the values
     come from query-by-store matrix products; otherwise from one chunk of
-    gathered vectors at a time.
+    gathered vectors at a time. ``norms``: the squared norms of ``vectors`` where the
+    caller keeps them (else computed when needed).
     """
     if not len(rows):
         return torch.empty(0, device=vectors.device)
@@ -90,7 +110,7 @@ def pair_values(vectors: torch.Tensor, queries: torch.Tensor, query_index: torch
         query_index, rows = query_index[order], rows[order]
     asked = int((query_index[1:] != query_index[:-1]).sum()) + 1
     if products and asked * len(vectors) <= DENSE * len(rows):
-        values = _dense_values(vectors, queries, query_index, rows, metric)
+        values = _dense_values(vectors, queries, query_index, rows, metric, norms)
     else:
         values = torch.empty(len(rows), device=vectors.device)
         step = max(1, CHUNK // max(vectors.shape[1], 1))
@@ -105,7 +125,7 @@ def pair_values(vectors: torch.Tensor, queries: torch.Tensor, query_index: torch
 
 
 def _dense_values(vectors: torch.Tensor, queries: torch.Tensor, query_index: torch.Tensor,
-                  rows: torch.Tensor, metric: str) -> torch.Tensor:
+                  rows: torch.Tensor, metric: str, norms: torch.Tensor | None) -> torch.Tensor:
     """:func:`pair_values` for pairs sorted by query: a block of queries against the
     whole store at a time, the pairs read out of the product."""
     out = torch.empty(len(rows), device=vectors.device)
@@ -113,7 +133,8 @@ def _dense_values(vectors: torch.Tensor, queries: torch.Tensor, query_index: tor
     step = max(1, CHUNK // max(len(vectors), 1))
     bounds = torch.searchsorted(query_index, torch.arange(
         first, last + step, step, device=query_index.device)).tolist()
-    norms = vectors.square().sum(dim=1) if metric == "l2" else None
+    if metric == "l2" and norms is None:
+        norms = vectors.square().sum(dim=1)
     for block, low in enumerate(range(first, last, step)):
         pairs = slice(bounds[block], bounds[block + 1])
         if pairs.start == pairs.stop:
@@ -121,6 +142,6 @@ def _dense_values(vectors: torch.Tensor, queries: torch.Tensor, query_index: tor
         asked = queries[low:low + step]
         q, r = query_index[pairs] - low, rows[pairs]
         dots = (asked @ vectors.T)[q, r]
-        out[pairs] = dots if norms is None else (
+        out[pairs] = dots if metric == "ip" else (
             asked.square().sum(dim=1)[q] - 2 * dots + norms[r]).clamp(min=0)
     return out

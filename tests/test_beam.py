@@ -142,3 +142,24 @@ def test_pair_values_equal_the_pairs_computed_one_at_a_time(items, queries, pair
             store.CHUNK, store.DENSE = old
         torch.testing.assert_close(exact, want, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 8), st.lists(st.integers(0, 60), min_size=1, max_size=6),
+       st.integers(1, 4), st.integers(0, 2**16))
+def test_first_k_equals_the_stable_full_sort(queries, k, counts, distinct, seed):
+    """The partial selection per query (large leaves) against the full stable sort it
+    replaces, with many tied keys (``distinct`` values) and uneven counts."""
+    from genindex.beam import _first_k
+
+    counts = (counts * queries)[:queries]
+    query = torch.repeat_interleave(torch.arange(queries), torch.tensor(counts))
+    if not len(query):
+        return
+    g = torch.Generator().manual_seed(seed)
+    key = query.double() + 0.1 * torch.randint(0, distinct, (len(query),), generator=g)
+    order = torch.argsort(key, stable=True)
+    per_query = torch.bincount(query[order], minlength=queries)
+    rank = torch.arange(len(order)) - (per_query.cumsum(0) - per_query)[query[order]]
+    want = order[rank < k]
+    assert _first_k(query, key, queries, k).tolist() == want.tolist()

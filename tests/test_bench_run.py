@@ -101,9 +101,10 @@ def test_runner_rows_are_the_metrics_of_the_ids_each_method_returned(
             [len(set(a[:10]) & set(b)) / 10 for ids in runs for a, b in zip(ids, exact)]))
         assert row.bytes > 0 and row.qps > 0 and len(row.pr_curve.recall) == 100
     assert result.rows[0].exact_recall == 1.0
-    # FT rows: the label-free baselines and ncm on the FT features, not classifier/genindex
+    # FT rows: exact search, the in-memory ANN indexes and ncm on the FT features, not
+    # diskann, classifier or genindex
     expanded = {"hnsw": ["hnsw, efSearch 128", "hnsw, efSearch 512"]}
-    ft_rows = [name for m in methods if m not in ("classifier", "genindex")
+    ft_rows = [name for m in methods if m not in ("diskann", "classifier", "genindex")
                for name in expanded.get(m, [m])]
     assert [n for n, b in names if b == "tiny-vit FT"] == ft_rows
 

@@ -7,6 +7,9 @@ from pathlib import Path
 
 from ..rows import BEAM_TIMINGS, BeamRow, MethodRow, Result, present_ks
 
+LEGEND_ROW_INCHES = 0.16  # figure height added per line of the legend
+LINE_STYLES = ("-", "--", ":", "-.")  # one per backbone (frozen, FT) of a figure
+
 
 def plots(result: Result, out_dir: Path | str) -> list[Path]:
     """Write the PNG figures ``result`` has data for; return their paths in a fixed order.
@@ -33,13 +36,35 @@ def plots(result: Result, out_dir: Path | str) -> list[Path]:
     for filename, draw, data, titles in planned:
         if not data:
             continue
-        figure = figure_class(figsize=(6.4, 4.4), dpi=100, layout="constrained")
+        lines = len(data) if isinstance(data, list) else 0
+        figure = figure_class(figsize=(6.4, 4.4 + LEGEND_ROW_INCHES * lines),
+                              dpi=100, layout="constrained")
         draw(figure, data, *titles)
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / filename
         figure.savefig(path, format="png", metadata={"Software": None})
         written.append(path)
     return written
+
+
+def _legend_below(axes) -> None:
+    """The legend under the axes, where it covers no line."""
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize="x-small",
+                frameon=False)
+
+
+def _styles(labels: list[str]) -> list[dict]:
+    """A colour per method (tab20) and a line style per backbone, so that no two of up
+    to 20 methods' lines look the same; ``labels`` as :func:`_label` writes them."""
+    from matplotlib import colormaps
+
+    colours = colormaps["tab20"]
+    parts = [label.partition(" (") for label in labels]
+    methods = list(dict.fromkeys(method for method, _, _ in parts))
+    backbones = list(dict.fromkeys(backbone for _, _, backbone in parts))
+    return [{"color": colours(methods.index(method) % 20),
+             "linestyle": LINE_STYLES[backbones.index(backbone) % len(LINE_STYLES)]}
+            for method, _, backbone in parts]
 
 
 def _figure_class():
@@ -100,21 +125,25 @@ def _sweep_data(entries: list[BeamRow]) -> dict | None:
 
 def _draw_at_k(figure, series: list[tuple], ylabel: str, title: str) -> None:
     axes = figure.add_subplot()
-    for label, ks, values in series:
-        axes.plot(ks, values, marker="o", label=label)
-    axes.set_xticks(sorted({k for _, ks, _ in series for k in ks}))
+    for (label, ks, values), style in zip(series, _styles([label for label, *_ in series])):
+        axes.plot(ks, values, marker="o", label=label, **style)
+    ticks = sorted({k for _, ks, _ in series for k in ks})
+    if ticks[-1] >= 20 * ticks[0]:  # K from 1 to 100 (Fig. 6): evenly spaced decades
+        axes.set_xscale("log")
+    axes.set_xticks(ticks, [str(k) for k in ticks])
+    axes.minorticks_off()
     axes.set(xlabel="K", ylabel=ylabel, title=title)
     axes.grid(alpha=0.3)
-    axes.legend()
+    _legend_below(axes)
 
 
 def _draw_pr(figure, series: list[tuple], title: str) -> None:
     axes = figure.add_subplot()
-    for label, recall, precision in series:
-        axes.plot(recall, precision, label=label)
+    for (label, recall, precision), style in zip(series, _styles([s[0] for s in series])):
+        axes.plot(recall, precision, label=label, **style)
     axes.set(xlabel="recall (true positive rate, %)", ylabel="precision (%)", title=title)
     axes.grid(alpha=0.3)
-    axes.legend()
+    _legend_below(axes)
 
 
 def _draw_sweep(figure, data: dict, title: str) -> None:
