@@ -12,8 +12,11 @@ collapsing as K grows. Features come from a frozen backbone (default
 EfficientNet-Lite0) through genindex's feature cache, as in
 ``benchmarks/run.py``. Besides the usual metrics, ``old@10`` and ``new@10``
 are the shares of a query's relevant trained-on (old) and added (new) items
-found in its top 10. Results go to ``--out`` (default
-``results/fresh-<dataset>/``).
+found in its top 10. With ``--new-classes`` (a share of the classes held out
+whole), ``unseen P@1`` is the precision@1 of the queries of those classes and
+``own ids`` the share of their items whose identifier no trained-on item has
+(with class identifiers: the items that did not join a known class's leaf).
+Results go to ``--out`` (default ``results/fresh-<dataset>/``).
 """
 
 from __future__ import annotations
@@ -82,10 +85,12 @@ def split(labels: np.ndarray, seed: int, new_classes: float = 0.0
 
 
 def evaluate(index: GenerativeIndex, queries: np.ndarray, row_of_id: np.ndarray,
-             db_labels: np.ndarray, query_labels: np.ndarray,
-             is_new: np.ndarray) -> tuple[Metrics, tuple[float, float], float]:
+             db_labels: np.ndarray, query_labels: np.ndarray, is_new: np.ndarray,
+             unseen_query: np.ndarray) -> tuple[Metrics, tuple[float, float], float,
+                                                float | None]:
     """Metrics of ``index`` (ids mapped to database rows), the shares of relevant old and
-    new items in the top 10, and the search time."""
+    new items in the top 10, the search time, and the precision@1 of the queries
+    ``unseen_query`` marks (None: none marked)."""
     start = time.perf_counter()
     ids = index.search(queries, MAP_K, order="generative").ids
     search_s = time.perf_counter() - start
@@ -99,7 +104,15 @@ def evaluate(index: GenerativeIndex, queries: np.ndarray, row_of_id: np.ndarray,
                           (found_new, _counts(db_labels[is_new], query_labels))):
         has = counts > 0
         shares.append(float((found.sum(1)[has] / counts[has]).mean()) if has.any() else 0.0)
-    return quality, (shares[0], shares[1]), search_s
+    unseen_p1 = float(hits[unseen_query, 0].mean()) if unseen_query.any() else None
+    return quality, (shares[0], shares[1]), search_s, unseen_p1
+
+
+def own_ids(index: GenerativeIndex, trained: np.ndarray, items: np.ndarray) -> float:
+    """The share of ``items`` whose identifier is that of none of the ``trained`` items
+    (with class identifiers: the items that get a leaf of their own)."""
+    known = {code.tobytes() for code in index.encode(trained)}
+    return float(np.mean([code.tobytes() not in known for code in index.encode(items)]))
 
 
 def _counts(labels: np.ndarray, query_labels: np.ndarray) -> np.ndarray:
@@ -109,14 +122,15 @@ def _counts(labels: np.ndarray, query_labels: np.ndarray) -> np.ndarray:
 
 def table(rows: list[FreshRow]) -> str:
     columns = ([f"P@{k}" for k in KS] + [f"R@{k}" for k in KS]
-               + [f"MAP@{MAP_K}", "old@10", "new@10"])
+               + [f"MAP@{MAP_K}", "old@10", "new@10", "unseen P@1", "own ids"])
     lines = ["| index | " + " | ".join(columns) + " | train s |",
              "|---" * (len(columns) + 2) + "|"]
     for row in rows:
         quality = row.metrics
         values = ([quality.precision[k] for k in KS] + [quality.recall[k] for k in KS]
-                  + [quality.map[MAP_K], row.old_at_10, row.new_at_10])
-        cells = " | ".join(f"{100 * value:.1f}" for value in values)
+                  + [quality.map[MAP_K], row.old_at_10, row.new_at_10, row.unseen_p1,
+                     row.own_ids])
+        cells = " | ".join("–" if value is None else f"{100 * value:.1f}" for value in values)
         lines.append(f"| {row.name} | {cells} | {row.train_s:.1f} |")
     return "\n".join(lines)
 
@@ -131,15 +145,21 @@ def fresh_rows(db: np.ndarray, queries: np.ndarray, labels: np.ndarray,
     old, new = split(labels, seed, new_classes)
     row_of_id = np.concatenate([old, new])  # ids: trained-on rows first, then added ones
     is_new = np.isin(np.arange(len(db)), new)
-    unseen = len(np.setdiff1d(np.unique(labels), labels[old]))
-    print(f"fresh data: {len(old)} items trained on, {len(new)} added ({unseen} classes "
-          "never trained on)", flush=True)
+    unseen = np.setdiff1d(np.unique(labels), labels[old])
+    unseen_query, unseen_items = np.isin(query_labels, unseen), np.isin(labels, unseen)
+    print(f"fresh data: {len(old)} items trained on, {len(new)} added ({len(unseen)} "
+          f"classes never trained on, {int(unseen_query.sum())} of their queries)", flush=True)
     rows = []
 
-    def record(name: str, index: GenerativeIndex, train_s: float) -> None:
-        quality, (old_share, new_share), search_s = evaluate(
-            index, queries, row_of_id, labels, query_labels, is_new)
-        rows.append(FreshRow(name, quality, old_share, new_share, train_s, search_s))
+    def record(name: str, index: GenerativeIndex, train_s: float,
+               retrained: bool = False) -> None:
+        """A row; ``own ids`` where the index was trained on the old part only."""
+        quality, (old_share, new_share), search_s, unseen_p1 = evaluate(
+            index, queries, row_of_id, labels, query_labels, is_new, unseen_query)
+        own = (own_ids(index, db[old], db[unseen_items])
+               if len(unseen) and not retrained else None)
+        rows.append(FreshRow(name, quality, old_share, new_share, train_s, search_s,
+                             unseen_p1, own))
         print(f"{name}: trained in {train_s:.1f} s, searched in {search_s:.1f} s", flush=True)
 
     start = time.perf_counter()
@@ -159,7 +179,7 @@ def fresh_rows(db: np.ndarray, queries: np.ndarray, labels: np.ndarray,
     start = time.perf_counter()
     full = GenerativeIndex.fit(db[row_of_id], labels[row_of_id], config, device=device,
                                progress=progress)
-    record("full retrain on both halves", full, time.perf_counter() - start)
+    record("full retrain on both halves", full, time.perf_counter() - start, retrained=True)
     return rows
 
 

@@ -115,7 +115,8 @@ class AblationRow:
 @dataclass(frozen=True)
 class FreshRow:
     """One index of the fresh-data benchmark (benchmarks/fresh.py): quality, the shares of
-    a query's relevant trained-on (old) and added (new) items found in its top 10, times."""
+    a query's relevant trained-on (old) and added (new) items found in its top 10, times,
+    and how it serves the classes training never saw."""
 
     name: str
     metrics: Metrics
@@ -123,6 +124,10 @@ class FreshRow:
     new_at_10: float
     train_s: float
     search_s: float
+    # the queries of classes never trained on (None: no such class): their precision@1,
+    # and the share of their classes' items whose identifier no trained-on item has
+    unseen_p1: float | None = None
+    own_ids: float | None = None
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,9 @@ def parse_args(argv):
                         "mean [min, max]")
     parser.add_argument("--no-ft", action="store_true",
                         help="skip the FT baseline (the ANN methods on fine-tuned features)")
+    parser.add_argument("--ft-batch-size", type=int,
+                        help="the FT head's batch size (default: the data set's FT_PRESETS "
+                        "entry, else FineTuneConfig's)")
     parser.add_argument("--beam-sizes", default="1,10,20,30",
                         help="genindex throughput sweep (paper Fig. 5); empty to skip")
     parser.add_argument("--ablation", default="", help=f"comma-separated, from {ABLATIONS}")
@@ -95,6 +98,8 @@ def parse_args(argv):
             parser.error(f"--{name}: unknown {unknown}; known: {', '.join(known)}")
     if args.seeds < 1:
         parser.error(f"--seeds must be at least 1, got {args.seeds}")
+    if args.ft_batch_size is not None and args.ft_batch_size < 1:
+        parser.error(f"--ft-batch-size must be at least 1, got {args.ft_batch_size}")
     return args
 
 
@@ -292,10 +297,14 @@ def fine_tuned(args, data, db):
     """The FT baseline: a cosine-classifier head trained on the database."""
     from genindex.finetune import FineTuneConfig, finetune
 
-    config = FineTuneConfig(**FT_PRESETS.get(args.dataset, {}))
+    preset = dict(FT_PRESETS.get(args.dataset, {}))
+    if args.ft_batch_size is not None:
+        preset["batch_size"] = args.ft_batch_size
+    config = FineTuneConfig(**preset)
     model, seconds = timed(finetune, db, data.db_labels, config=config, device=args.device,
                            progress=not args.quiet)
-    print(f"FT head trained in {seconds:.1f} s", flush=True)
+    print(f"FT head trained in {seconds:.1f} s (batch {config.batch_size}, "
+          f"{config.epochs} epochs)", flush=True)
     return model
 
 

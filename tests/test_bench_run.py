@@ -125,9 +125,10 @@ def test_runner_rows_are_the_metrics_of_the_ids_each_method_returned(
     assert (out / "precision_at_k.png").is_file() and (out / "beam_sweep.png").is_file()
 
 
-def test_runner_refuses_unknown_methods_and_ablations():
+def test_runner_refuses_unknown_methods_ablations_and_bad_numbers():
     for argv in (["--dataset", "digits", "--methods", "linear,annoy"],
-                 ["--dataset", "digits", "--ablation", "colours"]):
+                 ["--dataset", "digits", "--ablation", "colours"],
+                 ["--dataset", "digits", "--ft-batch-size", "0"]):
         with pytest.raises(SystemExit) as error:
             run.parse_args(argv)
         assert error.value.code == 2
@@ -241,3 +242,28 @@ def test_curves_settings_change_one_field_each():
     assert config.decoder.n_embd == IndexConfig().decoder.n_embd
     with pytest.raises(SystemExit, match="expected"):
         changed(IndexConfig(), ["n_layer=2"])
+
+
+def test_fresh_unseen_measures_by_hand():
+    """own ids: items whose identifier no trained item has; unseen P@1: the first hits of
+    the queries of held-out classes, from the ids the index returned."""
+    from types import SimpleNamespace
+
+    from benchmarks import fresh
+
+    index = SimpleNamespace(encode=lambda x: np.asarray(x)[:, :2].astype(np.int64))
+    trained = np.array([[0, 0, 9], [0, 1, 9], [5, 5, 9]], dtype=np.float32)
+    items = np.array([[0, 0, 1], [2, 2, 1], [5, 5, 2], [7, 0, 3]], dtype=np.float32)
+    assert fresh.own_ids(index, trained, items) == pytest.approx(2 / 4)
+
+    db_labels = np.array([0, 0, 1, 1, 2, 2])
+    query_labels = np.array([0, 2, 2])
+    returned = np.full((3, fresh.MAP_K), -1)
+    returned[:, :2] = [[0, 2], [4, 0], [1, 5]]  # query 2 of class 2 misses at rank 1
+    index = SimpleNamespace(search=lambda q, k, order: SimpleNamespace(ids=returned))
+    _, _, _, unseen_p1 = fresh.evaluate(index, np.zeros((3, 4)), np.arange(6), db_labels,
+                                        query_labels, np.zeros(6, bool),
+                                        np.array([False, True, True]))
+    assert unseen_p1 == pytest.approx(1 / 2)
+    assert fresh.evaluate(index, np.zeros((3, 4)), np.arange(6), db_labels, query_labels,
+                          np.zeros(6, bool), np.zeros(3, bool))[3] is None
