@@ -163,3 +163,22 @@ def test_first_k_equals_the_stable_full_sort(queries, k, counts, distinct, seed)
     rank = torch.arange(len(order)) - (per_query.cumsum(0) - per_query)[query[order]]
     want = order[rank < k]
     assert _first_k(query, key, queries, k).tolist() == want.tolist()
+
+
+@pytest.mark.parametrize("ids", [np.arange(6), np.array([2, 3, 5, 8, 13, 21])])
+def test_store_distance_looks_up_ids_whether_or_not_they_are_rows(ids):
+    """Ids 0..n-1 are read as rows directly, other ids through the sorted lookup; both
+    give each (query, id) pair's value, whatever the metric and precision."""
+    from genindex.store import VectorStore
+
+    g = np.random.default_rng(0)
+    vectors, queries = g.standard_normal((6, 5)), g.standard_normal((3, 5))
+    store = VectorStore(ids[::-1].copy(), vectors[::-1].astype(np.float32))
+    query_index, asked = torch.tensor([0, 2, 1, 1]), torch.as_tensor(ids[[4, 0, 5, 4]])
+    for metric in ("l2", "ip"):
+        want = [((vectors[r] - queries[q]) ** 2).sum() if metric == "l2"
+                else vectors[r] @ queries[q] for q, r in zip([0, 2, 1, 1], [4, 0, 5, 4])]
+        for exact in (True, False):
+            got = store.distance(torch.device("cpu"), torch.as_tensor(queries, dtype=torch.float32),
+                                 metric, exact)(query_index, asked)
+            np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5)
