@@ -270,11 +270,11 @@ def top_items(trie: Trie, beams: Beams, k: int,
     if distance is not None:
         order = _first_k(query, _beam_then(beam, distance(query, item_ids)), queries, k)
         beam, query, item_ids = beam[order], query[order], item_ids[order]
+    # at most k items per query are left (``take`` above, or _first_k): each one's rank
     per_query = torch.bincount(query, minlength=queries)
     rank = torch.arange(len(query), device=device) - (per_query.cumsum(0) - per_query)[query]
-    keep = rank < k
-    scores[query[keep], rank[keep]] = beams.scores.reshape(-1)[beam[keep]]
-    ids[query[keep], rank[keep]] = item_ids[keep]
+    scores[query, rank] = beams.scores.reshape(-1)[beam]
+    ids[query, rank] = item_ids
     return scores, ids
 
 
