@@ -16,7 +16,7 @@ def squared_distances(a: torch.Tensor, b: torch.Tensor,
     is ``|b|^2`` when the caller already has it."""
     if b_norms is None:
         b_norms = (b * b).sum(1)
-    return (a * a).sum(1, keepdim=True) - 2 * a @ b.T + b_norms
+    return torch.addmm(b_norms, a, b.T, alpha=-2).add_((a * a).sum(1, keepdim=True))
 
 
 def assign(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,9 +25,10 @@ def assign(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torc
     codes, dists = [], []
     c_norm = (centroids * centroids).sum(1)
     for chunk in x.split(_CHUNK):
-        dist, code = squared_distances(chunk, centroids, c_norm).min(dim=1)
+        # |a|^2 is the same for every centroid: added to the minimum only
+        dist, code = torch.addmm(c_norm, chunk, centroids.T, alpha=-2).min(dim=1)
         codes.append(code)
-        dists.append(dist.clamp_min(0))
+        dists.append(dist.add_((chunk * chunk).sum(1)).clamp_min(0))
     if not codes:
         return x.new_zeros(0, dtype=torch.long), x.new_zeros(0)
     return torch.cat(codes), torch.cat(dists)

@@ -112,7 +112,8 @@ class CosineClassifier(nn.Module):
 
     def loss(self, f: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = self(f)
-        logits = logits - self.scale * self.margin * F.one_hot(labels, logits.shape[-1])
+        target = labels[:, None]
+        logits = logits.scatter(1, target, logits.gather(1, target) - self.scale * self.margin)
         return F.cross_entropy(logits, labels)
 
 

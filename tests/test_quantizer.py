@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from genindex.config import IndexConfig, TokenizerConfig
-from genindex.kmeans import kmeans
+from genindex.kmeans import assign, kmeans, squared_distances
 from genindex.tokenizer import ResidualQuantizer, SemanticTokenizer
 from genindex.train import train_tokenizer
 
@@ -58,6 +58,20 @@ def test_encode_is_greedy_nearest_codeword_per_residual(levels, size, seed):
     assert np.allclose(decoded, f - residual, atol=1e-4)
     partial = quantizer.partial(torch.as_tensor(codes))
     assert torch.allclose(partial[:, -1], torch.as_tensor(decoded), atol=1e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 12), st.integers(0, 10**6))
+def test_assign_finds_the_nearest_centroid_and_its_squared_distance(n, k, seed):
+    rng = np.random.default_rng(seed)
+    x, centroids = rng.standard_normal((n, 6)), rng.standard_normal((k, 6))
+    brute = ((x[:, None, :] - centroids[None]) ** 2).sum(-1)
+    as_t = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+    assert np.allclose(squared_distances(as_t(x), as_t(centroids)).numpy(), brute, atol=1e-4)
+    codes, dists = assign(as_t(x), as_t(centroids))
+    chosen = brute[np.arange(n), codes.numpy()]
+    assert np.all(chosen <= brute.min(axis=1) + 1e-4)
+    assert np.allclose(dists.numpy(), brute.min(axis=1), atol=1e-4)
 
 
 def test_fitted_codebooks_reduce_the_error_at_every_level():

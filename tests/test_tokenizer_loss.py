@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from genindex.config import TokenizerConfig
 from genindex.tokenizer import SemanticTokenizer
@@ -95,3 +96,15 @@ def test_lambdas_scale_their_term_alone(setup, lambda1, lambda2):
     unit = tokenizer.loss(x, labels, float(lambda1 > 0), float(lambda2 > 0)).item() - base
     scaled = tokenizer.loss(x, labels, lambda1, lambda2).item() - base
     assert scaled == pytest.approx(max(lambda1, lambda2) * unit, rel=1e-5)
+
+
+def test_the_classifier_loss_is_cosface(setup):
+    # CE over scale * cos(f, w_c), the true class's cosine lowered by the margin
+    tokenizer, x, labels = setup
+    classifier, f = tokenizer.classifier, tokenizer.features(x)
+    cos = F.normalize(f, dim=1) @ F.normalize(classifier.weight, dim=1).T
+    margin = classifier.margin * F.one_hot(labels, C)
+    expected = F.cross_entropy(classifier.scale * (cos - margin), labels)
+    assert torch.allclose(classifier.loss(f, labels), expected, atol=1e-6)
+    assert classifier.margin > 0 and not torch.allclose(
+        classifier.loss(f, labels), F.cross_entropy(classifier.scale * cos, labels))
