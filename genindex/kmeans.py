@@ -16,7 +16,13 @@ def squared_distances(a: torch.Tensor, b: torch.Tensor,
     is ``|b|^2`` when the caller already has it."""
     if b_norms is None:
         b_norms = (b * b).sum(1)
-    return torch.addmm(b_norms, a, b.T, alpha=-2).add_((a * a).sum(1, keepdim=True))
+    return _shifted_distances(a, b, b_norms).add_((a * a).sum(1, keepdim=True))
+
+
+def _shifted_distances(a: torch.Tensor, b: torch.Tensor, b_norms: torch.Tensor) -> torch.Tensor:
+    """``|b|^2 - 2 a.b``: the squared distances less ``|a|^2``, which is the same along
+    a row (so the nearest ``b`` of a row is the same), in one matrix product."""
+    return torch.addmm(b_norms, a, b.T, alpha=-2)
 
 
 def assign(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,8 +31,7 @@ def assign(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torc
     codes, dists = [], []
     c_norm = (centroids * centroids).sum(1)
     for chunk in x.split(_CHUNK):
-        # |a|^2 is the same for every centroid: added to the minimum only
-        dist, code = torch.addmm(c_norm, chunk, centroids.T, alpha=-2).min(dim=1)
+        dist, code = _shifted_distances(chunk, centroids, c_norm).min(dim=1)
         codes.append(code)
         dists.append(dist.add_((chunk * chunk).sum(1)).clamp_min(0))
     if not codes:
