@@ -267,3 +267,13 @@ def test_fresh_unseen_measures_by_hand():
     assert unseen_p1 == pytest.approx(1 / 2)
     assert fresh.evaluate(index, np.zeros((3, 4)), np.arange(6), db_labels, query_labels,
                           np.zeros(6, bool), np.zeros(3, bool))[3] is None
+
+
+def test_novelty_auroc_against_hand_computed_values():
+    from benchmarks.novelty import auroc
+    novel = np.array([True, True, False, False])
+    # novel items should score low: all below the known ones is perfect separation
+    assert auroc(np.array([0.1, 0.2, 0.8, 0.9]), novel) == pytest.approx(1.0)
+    assert auroc(np.array([0.8, 0.9, 0.1, 0.2]), novel) == pytest.approx(0.0)
+    # one of the four (novel, known) pairs is ordered wrongly: 3 / 4
+    assert auroc(np.array([0.1, 0.5, 0.4, 0.9]), novel) == pytest.approx(0.75)
