@@ -233,7 +233,10 @@ for state in (1, 0, 1, 0):  # how long a save runs in a forked child
     took.append(float(os.read(read, 64)))
 took = max(took)
 rng, outcomes = random.Random(0), []
-for run in range(runs):
+# at least `runs` saves, more (up to 4x) until half of them were killed mid-save: on a
+# loaded machine a save's time varies, and a kill that lands after it tests nothing
+while len(outcomes) < runs or (sum(o["killed"] for o in outcomes) < runs // 2
+                               and len(outcomes) < 4 * runs):
     before = keys.index(sorted(GenerativeIndex.load(target, device="cpu").ids.tolist()))
     pid = saver(1 - before)
     time.sleep(rng.uniform(0, 1.5 * took))
@@ -247,8 +250,9 @@ print(json.dumps({"outcomes": outcomes, "keys": keys, "save_seconds": took}))
 
 def test_a_save_killed_at_a_random_point_leaves_the_old_or_the_new_index(trained, data,
                                                                         tmp_path):
-    """50 saves killed with SIGKILL at random moments: the file always loads and holds
-    the old contents or the new ones (the check runs in the script after every kill)."""
+    """At least 50 saves killed with SIGKILL at random moments (more until half of them
+    landed mid-save): the file always loads and holds the old contents or the new
+    ones (the check runs in the script after every kill)."""
     import json
     import subprocess
     import sys
@@ -264,7 +268,7 @@ def test_a_save_killed_at_a_random_point_leaves_the_old_or_the_new_index(trained
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
     outcomes, keys = report["outcomes"], report["keys"]
-    assert len(outcomes) == 50
+    assert 50 <= len(outcomes) <= 200
     for outcome in outcomes:  # a torn file would have raised in the script
         assert outcome["after"] in keys
     killed = sum(o["killed"] for o in outcomes)
