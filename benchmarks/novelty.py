@@ -20,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.fresh import parse_args, split  # noqa: E402
+from benchmarks.labelled import NCM  # noqa: E402
+from benchmarks.methods import _prepare  # noqa: E402
 from benchmarks.run import prepare  # noqa: E402
 from genindex import IndexConfig  # noqa: E402
 from genindex.train import freeze, split_holdout, train_tokenizer  # noqa: E402
@@ -48,23 +49,22 @@ def novelty_scores(db: np.ndarray, labels: np.ndarray, old: np.ndarray, new: np.
     x_new = torch.from_numpy(np.ascontiguousarray(db[new], dtype=np.float32))
     generator = torch.Generator().manual_seed(config.seed)
     held = split_holdout(len(x), config, generator, x.device)
-    tokenizer, _ = train_tokenizer(x, torch.as_tensor(y), config, generator, False, None, held)
+    with torch.random.fork_rng(devices=[]):  # the head's initial weights, as train_models
+        torch.manual_seed(config.seed)
+        tokenizer, _ = train_tokenizer(x, torch.as_tensor(y), config, generator, False, None,
+                                       held)
     freeze(tokenizer)
     with torch.no_grad():
-        return _scores(tokenizer, x, x_new, y)
-
-
-def _scores(tokenizer, x: torch.Tensor, x_new: torch.Tensor, y: np.ndarray
-            ) -> dict[str, np.ndarray]:
-    f_old, f_new = tokenizer.features(x), tokenizer.features(x_new)
-    top2 = (tokenizer.classifier(f_new) / tokenizer.classifier.scale).topk(2, dim=1).values
-    means = F.normalize(torch.zeros(int(y.max()) + 1, x.shape[1]).index_add_(
-        0, torch.as_tensor(y), F.normalize(x, dim=1)), dim=1)
+        f_old, f_new = tokenizer.features(x), tokenizer.features(x_new)
+        top2 = (tokenizer.classifier(f_new) / tokenizer.classifier.scale).topk(2, dim=1).values
+        nearest_item = (f_new @ f_old.T).max(dim=1).values
+    ncm = NCM("cosine")  # the ncm baseline's rule: its class scores are cosine - 1
+    ncm.fit(db[old], labels[old])
+    nearest_mean = 1.0 + ncm.class_scores(_prepare(db[new], "cosine")).max(axis=1)
     return {"best class cosine (the novelty rule's)": top2[:, 0].numpy(),
             "margin, best - second class cosine": (top2[:, 0] - top2[:, 1]).numpy(),
-            "cosine to the nearest trained f_cls": (f_new @ f_old.T).max(dim=1).values.numpy(),
-            "input cosine to the nearest class mean": (F.normalize(x_new, dim=1) @ means.T)
-            .max(dim=1).values.numpy()}
+            "cosine to the nearest trained f_cls": nearest_item.numpy(),
+            "input cosine to the nearest class mean": nearest_mean}
 
 
 def main(argv: list[str] | None = None) -> int:
