@@ -108,11 +108,14 @@ def evaluate(index: GenerativeIndex, queries: np.ndarray, row_of_id: np.ndarray,
     return quality, (shares[0], shares[1]), search_s, unseen_p1
 
 
-def own_ids(index: GenerativeIndex, trained: np.ndarray, items: np.ndarray) -> float:
-    """The share of ``items`` whose identifier is that of none of the ``trained`` items
-    (with class identifiers: the items that get a leaf of their own)."""
-    known = {code.tobytes() for code in index.encode(trained)}
-    return float(np.mean([code.tobytes() not in known for code in index.encode(items)]))
+def own_ids(index: GenerativeIndex, trained: np.ndarray, items: np.ndarray) -> float | None:
+    """The share of the items with ids ``items`` whose identifier in the index is that
+    of none of the ``trained`` ids (with class identifiers: the items in a leaf of
+    their own); None while they are not in the index."""
+    if not np.isin(items, index.ids).all():
+        return None
+    known = {code.tobytes() for code in index.identifiers(trained)}
+    return float(np.mean([code.tobytes() not in known for code in index.identifiers(items)]))
 
 
 def _counts(labels: np.ndarray, query_labels: np.ndarray) -> np.ndarray:
@@ -146,7 +149,8 @@ def fresh_rows(db: np.ndarray, queries: np.ndarray, labels: np.ndarray,
     row_of_id = np.concatenate([old, new])  # ids: trained-on rows first, then added ones
     is_new = np.isin(np.arange(len(db)), new)
     unseen = np.setdiff1d(np.unique(labels), labels[old])
-    unseen_query, unseen_items = np.isin(query_labels, unseen), np.isin(labels, unseen)
+    unseen_query = np.isin(query_labels, unseen)
+    unseen_ids = np.flatnonzero(np.isin(labels[row_of_id], unseen))  # ids once added
     print(f"fresh data: {len(old)} items trained on, {len(new)} added ({len(unseen)} "
           f"classes never trained on, {int(unseen_query.sum())} of their queries)", flush=True)
     rows = []
@@ -156,7 +160,7 @@ def fresh_rows(db: np.ndarray, queries: np.ndarray, labels: np.ndarray,
         """A row; ``own ids`` where the index was trained on the old part only."""
         quality, (old_share, new_share), search_s, unseen_p1 = evaluate(
             index, queries, row_of_id, labels, query_labels, is_new, unseen_query)
-        own = (own_ids(index, db[old], db[unseen_items])
+        own = (own_ids(index, np.arange(len(old)), unseen_ids)
                if len(unseen) and not retrained else None)
         rows.append(FreshRow(name, quality, old_share, new_share, train_s, search_s,
                              unseen_p1, own))

@@ -76,10 +76,11 @@ class Linear(Method):
 class GenIndex(Method):
     """genindex's GenerativeIndex; reads the images through its backbone when given.
     Query parameters: ``beam_size`` (None: the index's default, ``max(k, 10)``) and
-    ``order``: ``"generative"`` (the paper's ranking) or ``"metric"`` (the generative
-    top k ranked by exact L2 distance, what Faiss code reads). ``rows``: the table
-    rows one built index gives, by name (``label`` and ``label + ", metric order"``),
-    with their query arguments."""
+    ``order``: ``"generative"`` (the paper's ranking), ``"metric"`` (the generative
+    top k ranked by exact L2 distance, what Faiss code reads) or ``"semantic"`` (the
+    same candidates ranked by the cosine of the tokenizer's f_cls). ``rows``: the
+    table rows one built index gives, by name (``label``, ``label + ", metric
+    order"``, ``label + ", semantic order"``), with their query arguments."""
 
     name = "genindex"
 
@@ -89,7 +90,8 @@ class GenIndex(Method):
         self.config, self.backbone, self.device = config, backbone, device
         self.progress, self.note = progress, note
         self.rows = {label: {"order": "generative"},
-                     f"{label}, metric order": {"order": "metric"}}
+                     f"{label}, metric order": {"order": "metric"},
+                     f"{label}, semantic order": {"order": "semantic"}}
         self.set_query_arguments()
 
     def fit(self, db, labels, images=None):

@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .decoder import Decoder
@@ -72,7 +73,7 @@ class _Step(NamedTuple):
 
 # What a search returns where a query has no more results: Faiss's values per order
 PADDING = {None: -math.inf, "l2": float(np.finfo(np.float32).max),
-           "ip": -float(np.finfo(np.float32).max)}
+           "ip": -float(np.finfo(np.float32).max), "semantic": -float(np.finfo(np.float32).max)}
 
 
 def search(snapshot: Snapshot, queries: torch.Tensor, k: int, beam_size: int, *,
@@ -88,8 +89,10 @@ def search(snapshot: Snapshot, queries: torch.Tensor, k: int, beam_size: int, *,
     the identifiers' log-probabilities. ``"l2"`` / ``"ip"``: the generative
     top ``k * k_factor`` items (the candidates) ranked by their exact squared
     L2 distance (ascending) or inner product (descending) to the query, which
-    are the scores; it needs stored vectors. Queries go in batches of at most
-    :data:`BEAMS_IN_FLIGHT` beams, which bounds memory for any number of them.
+    are the scores; ``"semantic"``: ranked by the cosine of their f_cls to the
+    query's (descending; see :func:`semantic_measure`). Both need stored
+    vectors. Queries go in batches of at most :data:`BEAMS_IN_FLIGHT` beams,
+    which bounds memory for any number of them.
     ``beam_size`` is cut to the number of identifiers, and only the first
     ``min(k, items)`` columns are searched for: the others are padding (id -1,
     score :data:`PADDING`), however large ``k``.
@@ -125,18 +128,37 @@ def _search_batch(snapshot: Snapshot, trie: Trie, batch: torch.Tensor, beam_size
         distance = snapshot.vectors.distance(batch.device, vectors, exact=False)
     with _timed(timings, "items", batch.device):
         scores, ids = top_items(trie, beams, pool, distance)
-        if metric is not None:  # the values returned as D: each pair computed exactly
+        if metric == "semantic":
+            scores, ids = rank_by_metric(ids, semantic_measure(snapshot, vectors), metric)
+        elif metric is not None:  # the values returned as D: each pair computed exactly
             measure = snapshot.vectors.distance(batch.device, vectors, metric)
             scores, ids = rank_by_metric(ids, measure, metric)
     return scores, ids
+
+
+def semantic_measure(snapshot: Snapshot, vectors: torch.Tensor
+                     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``(query_index, ids) -> cosine`` of each pair's f_cls: the tokenizer's head
+    (the space its identifiers quantize) applied to the query's global feature
+    ``vectors`` and to the item's stored vector."""
+    tokenizer = snapshot.tokenizer
+    queries = F.normalize(tokenizer.f_cls(vectors).float(), dim=-1)
+
+    def measure(query_index: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        items, where = torch.unique(ids, return_inverse=True)
+        stored = snapshot.vectors.lookup(queries.device, items)
+        found = F.normalize(tokenizer.f_cls(stored).float(), dim=-1)
+        return (queries[query_index] * found[where]).sum(dim=1)
+
+    return measure
 
 
 def rank_by_metric(ids: torch.Tensor, measure: Callable[[torch.Tensor, torch.Tensor],
                                                          torch.Tensor],
                    metric: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The candidate ``ids`` (Q, C) (-1: none) ordered by ``measure(query_index, ids)``:
-    ascending for ``"l2"``, descending for ``"ip"``; ``(values, ids)``, padded with
-    :data:`PADDING` and -1. Ties keep the generative order."""
+    ascending for ``"l2"``, descending for ``"ip"`` and ``"semantic"``;
+    ``(values, ids)``, padded with :data:`PADDING` and -1. Ties keep the generative order."""
     valid = ids >= 0
     values = torch.full(ids.shape, PADDING[metric], device=ids.device)
     query = torch.arange(len(ids), device=ids.device)[:, None].expand_as(ids)

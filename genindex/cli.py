@@ -177,8 +177,9 @@ def _source_args(p: argparse.ArgumentParser, what: str) -> None:
 
 def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beam-size", type=_positive, help="beams kept per step (default max(k, 10))")
-    p.add_argument("--order", choices=("metric", "generative"), help="rank by exact distance "
-                   "(default) or by identifier log-probability")
+    p.add_argument("--order", choices=("metric", "generative", "semantic"),
+                   help="rank by exact distance (default), by identifier log-probability "
+                   "or by the cosine of the tokenizer's f_cls")
     p.add_argument("--mmap", action="store_true", help="map the index's code table and "
                    "vectors from disk instead of reading them (large indexes)")
 

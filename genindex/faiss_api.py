@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 METRIC_INNER_PRODUCT = 0  # Faiss's values of faiss.METRIC_INNER_PRODUCT / METRIC_L2
 METRIC_L2 = 1
-ORDERS = ("metric", "generative")
+ORDERS = ("metric", "generative", "semantic")
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class SearchParameters:
     """genindex's query parameters for ``search(..., params=...)``; None: the default."""
 
     beam_size: int | None = None  # identifiers kept at each step (default: nprobe or max(k, 10))
-    order: str | None = None  # "metric" (default with stored vectors) or "generative"
+    order: str | None = None  # "metric" (default with stored vectors), "generative", "semantic"
     k_factor: float | None = None  # candidates ranked by the metric: k * k_factor (default 1)
     filter: Any = None  # allowed ids, a boolean mask or a Faiss IDSelector
 
@@ -48,7 +48,8 @@ class Query(NamedTuple):
     """A search's query parameters, resolved and checked."""
 
     beam_size: int
-    metric: str | None  # None: the generative order
+    metric: str | None  # what the candidates are ranked by: "l2", "ip", "semantic"; None:
+    # the generative order
     k_factor: float
     filter: Any
 
@@ -96,13 +97,13 @@ def resolve_query(index: Any, k: int, params: Any, given: dict[str, Any]) -> Que
     order = values.get("order", "metric" if index.metric is not None else "generative")
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
-    if order == "metric" and index.metric is None:
-        raise ValueError("order='metric' ranks by the stored vectors; this index has none "
+    if order != "generative" and index.metric is None:
+        raise ValueError(f"order={order!r} ranks by the stored vectors; this index has none "
                          "(store_vectors=False): use order='generative'")
     k_factor = checks.as_k_factor(values.get("k_factor", index.k_factor))
     beam = values.get("beam_size", index.nprobe)
-    return Query(checks.as_beam_size(beam, k), index.metric if order == "metric" else None,
-                 k_factor, values.get("filter"))
+    measure = {"metric": index.metric, "generative": None, "semantic": "semantic"}[order]
+    return Query(checks.as_beam_size(beam, k), measure, k_factor, values.get("filter"))
 
 
 def _from_params(params: Any) -> dict[str, Any]:

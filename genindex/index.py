@@ -7,7 +7,8 @@
 
 ``D`` (n, k) float32 is in the metric's units, as Faiss's: squared L2,
 ascending, or inner products, descending; with ``order="generative"`` or no
-stored vectors, log-probabilities, descending. ``I`` (n, k) int64 is ``-1``
+stored vectors, log-probabilities, descending; with ``order="semantic"``, f_cls
+cosines, descending. ``I`` (n, k) int64 is ``-1``
 past the results (``D``: :data:`genindex.beam.PADDING`). Ids are positions,
 renumbered by ``remove_ids`` (``faiss.IndexFlat``), or with ``id_map=True``
 those given (``faiss.IndexIDMap2``). With a backbone, data is images
@@ -191,7 +192,9 @@ class GenerativeIndex(faiss_api.FaissMethods):
 
         ``order``: ``"metric"`` (default with stored vectors), the generative top
         ``k * k_factor`` items ranked by exact distance, ``D`` in metric units;
-        ``"generative"``, the paper's order, ``D`` log-probabilities.
+        ``"generative"``, the paper's order, ``D`` log-probabilities; ``"semantic"``,
+        the same candidates ranked by the cosine of their f_cls (the tokenizer's
+        feature, which identifiers quantize) to the query's, ``D`` cosines, descending.
         ``beam_size`` (default ``nprobe`` or ``max(k, 10)``): identifiers kept
         per step. ``k`` may exceed the items (padded); a result too big for
         free memory is refused. ``filter``: allowed ids, a boolean mask by id or
@@ -234,19 +237,21 @@ class GenerativeIndex(faiss_api.FaissMethods):
         increasing id), which must include every fresh item; without labels,
         pairs come from nearest neighbours. ``steps``: optimizer steps (default:
         about 10 passes over the fresh items and their replay). Needs the stored
-        vectors (``store_vectors``, not end to end). Searches run on the old
-        decoder until the new one replaces it; other updates wait.
+        vectors (``store_vectors``, not end to end). With class identifiers, a
+        label none of whose items was there before the refresh is a new class: its
+        items move to a leaf of their own (see :meth:`identifiers`). Searches run
+        on the old decoder until the new one replaces it; other updates wait.
         """
         with self._lock:
             state = self._require_trained()
             if state.vectors is None or self.end_to_end:
                 raise ValueError("refresh fine-tunes on the stored feature vectors: it needs "
                                  "IndexConfig(store_vectors=True) and end_to_end=False")
-            decoder, history = refresh(state, self.config, labels, ids, steps=steps,
-                                       replay=replay, refreshes=self._refreshes,
-                                       device=self.device, progress=progress)
+            refreshed, history = refresh(state, self.config, labels, ids, steps=steps,
+                                         replay=replay, refreshes=self._refreshes,
+                                         device=self.device, progress=progress)
             if history.items:
-                self._state = state._replace(decoder=decoder, fresh=NO_IDS)
+                self._state = refreshed._replace(fresh=NO_IDS)
                 self._refreshes += 1
         return history
 
@@ -255,6 +260,16 @@ class GenerativeIndex(faiss_api.FaissMethods):
         """Ids added since the decoder was last trained or refreshed, sorted."""
         state = self._state
         return NO_IDS.copy() if state is None else state.fresh.copy()
+
+    def identifiers(self, ids: Any) -> np.ndarray:
+        """The identifiers (n, M) int64 the index holds for the items ``ids``: what
+        :meth:`encode` gave them when added, unless a refresh moved them."""
+        state = self._require_trained()
+        ids = checks.as_ids(ids)
+        present = state.trie.contains(ids)
+        if not present.all():
+            raise ValueError(f"ids: not in the index: {ids[~present][:10].tolist()}")
+        return state.trie.codes_of(ids).astype(np.int64)
 
     def encode(self, x: Any) -> np.ndarray:
         """The identifier (n, M) the tokenizer gives each input."""

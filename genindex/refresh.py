@@ -10,11 +10,19 @@ the old ones by replaying a fresh random sample of old items in every pass.
 A pair is ``(input x_a, target identifier of b)`` as in training: with labels,
 ``a`` is a random other item of ``b``'s class (old or new); without, one of
 ``b``'s nearest neighbours among all stored items.
+
+With class identifiers, ``add`` gives an item of a class the tokenizer never
+saw the identifier of whichever known class it resembles most, so it joins
+that class's leaf. A labelled refresh knows better: a label whose items are
+all fresh names a new class, and :func:`new_class_codes` gives its items a
+leaf of their own (the code of their mean f_cls, as training codes a class
+centre) before the decoder is taught it.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,6 +37,7 @@ from .decoder import Decoder
 from .loop import Plan, train_loop
 from .partners import Partners
 from .snapshot import Snapshot
+from .tokenizer import SemanticTokenizer
 from .train import decoder_loss
 from .trie import Trie
 
@@ -59,13 +68,15 @@ class RefreshData:
     fresh_rows: np.ndarray  # (f,) int64 rows of the fresh items
     labels: torch.Tensor | None  # (n,) int64 class indices, or None for neighbours
     trie: Trie  # every identifier in the index: what beam search chooses among
+    ids: np.ndarray  # (n,) int64 the item id of every row
 
 
 def refresh(snapshot: Snapshot, config: IndexConfig, labels: Any, ids: Any, *,
             steps: Any, replay: Any, refreshes: int, device: torch.device,
-            progress: bool = False) -> tuple[Decoder, RefreshHistory]:
-    """The snapshot's decoder fine-tuned on its fresh items, and what was done; the
-    decoder itself (and an empty history) when there is nothing fresh.
+            progress: bool = False) -> tuple[Snapshot, RefreshHistory]:
+    """The snapshot with its decoder fine-tuned on its fresh items (and, with class
+    identifiers, new classes in leaves of their own), and what was done; the snapshot
+    itself (and an empty history) when there is nothing fresh.
 
     Arguments as :meth:`GenerativeIndex.refresh` takes them, checked here.
     """
@@ -73,11 +84,16 @@ def refresh(snapshot: Snapshot, config: IndexConfig, labels: Any, ids: Any, *,
     replay = checks.as_nonnegative(replay, "replay")
     data = refresh_data(snapshot, labels, ids, device)
     if not len(data.fresh_rows):
-        return snapshot.decoder, RefreshHistory()
+        return snapshot, RefreshHistory()
+    trie = snapshot.trie
+    if snapshot.tokenizer.class_codes is not None and data.labels is not None:
+        data = new_class_codes(snapshot.tokenizer, data)
+        trie = data.trie
     if steps is None:
         steps = default_steps(len(data.fresh_rows), replay, config.decoder.batch_size)
-    return refresh_decoder(snapshot.decoder, data, config, steps=steps, replay=replay,
-                           refreshes=refreshes, progress=progress)
+    decoder, history = refresh_decoder(snapshot.decoder, data, config, steps=steps,
+                                       replay=replay, refreshes=refreshes, progress=progress)
+    return snapshot._replace(decoder=decoder, trie=trie), history
 
 
 def refresh_data(snapshot: Snapshot, labels: Any, ids: Any, device: torch.device) -> RefreshData:
@@ -102,7 +118,41 @@ def refresh_data(snapshot: Snapshot, labels: Any, ids: Any, device: torch.device
     fresh_rows = np.sort(order[np.searchsorted(ids[order], snapshot.fresh)])
     x = torch.from_numpy(snapshot.vectors.get(ids)).to(device)
     codes = torch.from_numpy(snapshot.trie.codes_of(ids).astype(np.int64)).to(device)
-    return RefreshData(x, codes, fresh_rows.astype(np.int64), y, snapshot.trie)
+    return RefreshData(x, codes, fresh_rows.astype(np.int64), y, snapshot.trie, ids)
+
+
+@torch.no_grad()
+def new_class_codes(tokenizer: SemanticTokenizer, data: RefreshData) -> RefreshData:
+    """``data`` with every new class in a leaf of its own: the items of a label none
+    of whose items is old get the code of their normalised mean f_cls, its last code
+    moved to the nearest codeword no other item's identifier uses after that prefix
+    (left as it is where every one is used)."""
+    is_fresh = np.zeros(len(data.x), bool)
+    is_fresh[data.fresh_rows] = True
+    labels = data.labels.cpu().numpy()
+    old_labels = np.unique(labels[~is_fresh])
+    new = np.setdiff1d(np.unique(labels[is_fresh]), old_labels)
+    if not len(new):
+        return data
+    f = tokenizer.f_cls(data.x)
+    rows = np.flatnonzero(np.isin(labels, new))
+    groups = torch.from_numpy(np.searchsorted(new, labels[rows])).to(f.device)
+    centres = tokenizer.class_centres_of(f[rows], groups, len(new))
+    codes, ids = data.codes.clone(), data.ids[rows]
+    others = ~np.isin(data.trie.ids, ids)  # every other item of the index, labelled or not
+    used = {tuple(code) for code in data.trie.codes[others].tolist()}
+    quantizer = tokenizer.quantizer
+    for c, centre in enumerate(centres):
+        code = quantizer.encode(centre[None])[0]
+        residual = centre - quantizer.decode(code[None])[0] + quantizer.codebooks[-1, code[-1]]
+        for last in torch.cdist(residual[None], quantizer.codebooks[-1])[0].argsort().tolist():
+            if (*code[:-1].tolist(), last) not in used:
+                code[-1] = last
+                break
+        used.add(tuple(code.tolist()))
+        codes[torch.from_numpy(rows[groups.cpu().numpy() == c]).to(codes.device)] = code
+    trie = data.trie.remove(ids).insert(codes[torch.from_numpy(rows)].cpu().numpy(), ids)
+    return dataclasses.replace(data, codes=codes, trie=trie)
 
 
 def default_steps(fresh: int, replay: float, batch_size: int) -> int:

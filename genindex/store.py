@@ -69,6 +69,11 @@ class VectorStore:
 
         return distance
 
+    def lookup(self, device: torch.device, ids: torch.Tensor) -> torch.Tensor:
+        """The vectors (len(ids), d) of the items ``ids`` (all present), on ``device``."""
+        copy = self._on(device)
+        return copy.vectors[ids if self._ids_are_rows else torch.searchsorted(copy.ids, ids)]
+
     def _on(self, device: torch.device) -> _DeviceCopy:
         """The store's tensors on ``device``, made on first use and kept."""
         with self._lock:

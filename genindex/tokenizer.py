@@ -170,7 +170,7 @@ class SemanticTokenizer(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """f_cls for a batch of inputs: features (n, input_dim), or pixels with an encoder."""
-        return self._f_cls(self.global_feature(x))
+        return self.f_cls(self.global_feature(x))
 
     @torch.no_grad()
     def feature_vectors(self, x: torch.Tensor) -> torch.Tensor:
@@ -190,10 +190,12 @@ class SemanticTokenizer(nn.Module):
         if not len(v):
             return torch.zeros(0, self.quantizer.num_codebooks, dtype=torch.long,
                                device=v.device)
-        return torch.cat([self._encode_features(self._f_cls(chunk))
+        return torch.cat([self._encode_features(self.f_cls(chunk))
                           for chunk in v.split(chunk_size(v))])
 
-    def _f_cls(self, v: torch.Tensor) -> torch.Tensor:
+    def f_cls(self, v: torch.Tensor) -> torch.Tensor:
+        """f_cls (n, dim) of global feature vectors ``v`` (n, input_dim): the head's output,
+        L2-normalised when the tokenizer is supervised."""
         f = self.head(v)
         return f if self.classifier is None else F.normalize(f, dim=-1)
 
@@ -213,13 +215,18 @@ class SemanticTokenizer(nn.Module):
         items: the ``novelty`` quantile of their best class cosines."""
         if self.novelty_cosine is None:
             raise RuntimeError("set_novelty needs identifiers='class' and novelty > 0")
-        cosine = self.classifier(self._f_cls(v)).max(dim=1).values / self.classifier.scale
+        cosine = self.classifier(self.f_cls(v)).max(dim=1).values / self.classifier.scale
         self.novelty_cosine.fill_(float(torch.quantile(cosine.float(), self.novelty_quantile)))
 
     @torch.no_grad()
     def class_centres(self, f: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(C, D): every class's normalised mean of the features ``f`` (n, D) of its items."""
-        sums = f.new_zeros(int(self.num_classes), f.shape[1]).index_add_(0, labels, f.float())
+        return self.class_centres_of(f, labels, int(self.num_classes))
+
+    @staticmethod
+    def class_centres_of(f: torch.Tensor, labels: torch.Tensor, classes: int) -> torch.Tensor:
+        """(classes, D): the normalised mean of ``f`` over the rows of each label."""
+        sums = f.new_zeros(classes, f.shape[1]).index_add_(0, labels, f.float())
         return F.normalize(sums, dim=1)
 
     @torch.no_grad()

@@ -77,7 +77,8 @@ def test_runner_rows_are_the_metrics_of_the_ids_each_method_returned(
     assert len(names) == len(set(names)) == len({(n, b) for n, b, _ in returned})
     genindex = [row for row in result.rows if row.method.startswith("genindex")]
     assert [row.method for row in genindex] == ["genindex, feature ids",
-                                                "genindex, feature ids, metric order"]
+                                                "genindex, feature ids, metric order",
+                                                "genindex, feature ids, semantic order"]
     assert all(row.seeds == 2 for row in genindex)
     linear_ids = {label: ids for name, label, ids in returned if name == "linear"}
     for row in result.rows:
@@ -251,10 +252,11 @@ def test_fresh_unseen_measures_by_hand():
 
     from benchmarks import fresh
 
-    index = SimpleNamespace(encode=lambda x: np.asarray(x)[:, :2].astype(np.int64))
-    trained = np.array([[0, 0, 9], [0, 1, 9], [5, 5, 9]], dtype=np.float32)
-    items = np.array([[0, 0, 1], [2, 2, 1], [5, 5, 2], [7, 0, 3]], dtype=np.float32)
-    assert fresh.own_ids(index, trained, items) == pytest.approx(2 / 4)
+    held = np.array([[0, 0], [0, 1], [5, 5], [0, 0], [2, 2], [5, 5], [7, 0]])  # by id
+    index = SimpleNamespace(ids=np.arange(7), identifiers=lambda ids: held[ids])
+    assert fresh.own_ids(index, np.arange(3), np.arange(3, 7)) == pytest.approx(2 / 4)
+    index.ids = np.arange(5)  # items 5 and 6 not added yet: nothing to measure
+    assert fresh.own_ids(index, np.arange(3), np.arange(3, 7)) is None
 
     db_labels = np.array([0, 0, 1, 1, 2, 2])
     query_labels = np.array([0, 2, 2])

@@ -81,6 +81,34 @@ def test_the_generative_order_is_an_option_with_log_probabilities(trained, data)
         GenerativeIndex(16, TINY, metric="cosine")
 
 
+def test_the_semantic_order_ranks_the_candidates_by_f_cls_cosine(trained, data):
+    import torch
+    import torch.nn.functional as F
+
+    x = data[0]
+    queries = x[::9] + 0.05
+    head = trained._state.tokenizer.head
+    with torch.no_grad():
+        f_items = F.normalize(head(torch.from_numpy(x)), dim=-1).numpy()
+        f_queries = F.normalize(head(torch.from_numpy(queries)), dim=-1).numpy()
+    cosines = f_queries @ f_items.T
+    # every item a candidate: the brute-force ranking by cosine (ids are rows here)
+    D, I = trained.search(queries, 6, order="semantic", **exhaustive(trained))
+    np.testing.assert_array_equal(I, np.argsort(-cosines, axis=1, kind="stable")[:, :6])
+    np.testing.assert_allclose(D, np.take_along_axis(cosines, I, axis=1), atol=1e-5)
+    # the default beam: the metric order's candidates, ranked by cosine instead
+    D, I = trained.search(queries, 6, order="semantic")
+    _, I_metric = trained.search(queries, 6, order="metric")
+    for ours, theirs in zip(I, I_metric):
+        assert set(ours) == set(theirs)
+    assert (np.diff(D, axis=1) <= 0).all()
+    np.testing.assert_allclose(D, np.take_along_axis(cosines, I, axis=1), atol=1e-5)
+    no_vectors = GenerativeIndex.fit(x, data[1], TINY.replace(store_vectors=False),
+                                     device="cpu", progress=False)
+    with pytest.raises(ValueError, match="order='semantic' ranks by the stored vectors"):
+        no_vectors.search(queries, 5, order="semantic")
+
+
 def test_positions_behave_as_index_flat_under_the_same_calls(model, data):
     x = data[0]
     index, reference = copy.copy(model), faiss.IndexFlatL2(x.shape[1])

@@ -115,3 +115,54 @@ def test_without_stored_vectors_refresh_says_what_it_needs(data):
     with pytest.raises(ValueError, match="store_vectors=True"):
         index.refresh()
     assert len(index.fresh_ids) == 10
+
+
+def test_a_labelled_refresh_gives_new_classes_leaves_of_their_own():
+    """Class identifiers: items of classes training never saw join known leaves on add;
+    a labelled refresh moves each new class to the unused leaf nearest its mean f_cls
+    (brute force over the last code) and teaches the decoder to find it."""
+    import torch
+    import torch.nn.functional as F
+
+    config = TINY.replace(tokenizer=dataclasses.replace(TINY.tokenizer, identifiers="class"))
+    x, labels = clustered(num_classes=30, per_class=8, noise=0.3, seed=2)
+    seen = labels < 24
+    index = GenerativeIndex.fit(x[seen], labels[seen], config, device="cpu", progress=False)
+    index.add(x[~seen])
+    label_of_id = np.r_[labels[seen], labels[~seen]]
+    old_ids, new_ids = np.arange(seen.sum()), np.arange(seen.sum(), len(x))
+    old_codes = index.identifiers(old_ids)
+    queries = np.r_[x[seen], x[~seen]] + 0.1
+    before = index.search(queries[new_ids], 1).ids[:, 0]
+    index.refresh(label_of_id, steps=300)
+    np.testing.assert_array_equal(index.identifiers(old_ids), old_codes)  # old items stay
+    tokenizer = index._state.tokenizer
+    quantizer = tokenizer.quantizer
+    used = {tuple(code) for code in old_codes.tolist()}
+    for c in np.unique(labels[~seen]):
+        ids = new_ids[label_of_id[new_ids] == c]
+        codes = index.identifiers(ids)
+        assert (codes == codes[0]).all()  # one leaf per new class
+        with torch.no_grad():
+            f = tokenizer.head(torch.from_numpy(np.r_[x[seen], x[~seen]][ids]))
+            centre = F.normalize(F.normalize(f, dim=-1).mean(0), dim=0)
+        prefix = quantizer.encode(centre[None])[0, :-1].tolist()
+        candidates = torch.tensor([prefix + [last] for last in range(quantizer.codebook_size)])
+        error = (quantizer.decode(candidates) - centre).square().sum(1)
+        free = [i for i in error.argsort().tolist() if tuple(prefix + [i]) not in used]
+        assert codes[0].tolist() == prefix + [free[0]]
+        used.add(tuple(codes[0].tolist()))
+    after = index.search(queries[new_ids], 1).ids[:, 0]
+    hit = lambda found: np.mean(label_of_id[np.maximum(found, 0)] == label_of_id[new_ids])  # noqa: E731
+    assert hit(after) > hit(before) + 0.3, (hit(before), hit(after))
+    with pytest.raises(ValueError, match="not in the index"):
+        index.identifiers([len(x) + 5])
+
+
+def test_a_refresh_keeps_per_image_identifiers(half_added):
+    index, _, _, label_of_id, _ = half_added
+    refreshed = copy.copy(index)
+    ids = np.sort(refreshed.ids)
+    codes = refreshed.identifiers(ids)
+    refreshed.refresh(label_of_id, steps=2)
+    np.testing.assert_array_equal(refreshed.identifiers(ids), codes)
