@@ -117,7 +117,7 @@ def test_without_stored_vectors_refresh_says_what_it_needs(data):
     assert len(index.fresh_ids) == 10
 
 
-def test_a_labelled_refresh_gives_new_classes_leaves_of_their_own():
+def test_a_labelled_refresh_gives_new_classes_leaves_of_their_own(tmp_path):
     """Class identifiers: items of classes training never saw join known leaves on add;
     a labelled refresh moves each new class to the unused leaf nearest its mean f_cls
     (brute force over the last code) and teaches the decoder to find it."""
@@ -157,6 +157,11 @@ def test_a_labelled_refresh_gives_new_classes_leaves_of_their_own():
     assert hit(after) > hit(before) + 0.3, (hit(before), hit(after))
     with pytest.raises(ValueError, match="not in the index"):
         index.identifiers([len(x) + 5])
+    index.save(tmp_path / "refreshed.gidx")  # the moved leaves are what a load reads back
+    loaded = GenerativeIndex.load(tmp_path / "refreshed.gidx")
+    all_ids = np.arange(len(x))
+    np.testing.assert_array_equal(loaded.identifiers(all_ids), index.identifiers(all_ids))
+    np.testing.assert_array_equal(loaded.search(queries, 5).ids, index.search(queries, 5).ids)
 
 
 def test_a_refresh_keeps_per_image_identifiers(half_added):
