@@ -128,10 +128,9 @@ def _search_batch(snapshot: Snapshot, trie: Trie, batch: torch.Tensor, beam_size
         distance = snapshot.vectors.distance(batch.device, vectors, exact=False)
     with _timed(timings, "items", batch.device):
         scores, ids = top_items(trie, beams, pool, distance)
-        if metric == "semantic":
-            scores, ids = rank_by_metric(ids, semantic_measure(snapshot, vectors), metric)
-        elif metric is not None:  # the values returned as D: each pair computed exactly
-            measure = snapshot.vectors.distance(batch.device, vectors, metric)
+        if metric is not None:  # the values returned as D: each pair computed exactly
+            measure = (semantic_measure(snapshot, vectors) if metric == "semantic" else
+                       snapshot.vectors.distance(batch.device, vectors, metric))
             scores, ids = rank_by_metric(ids, measure, metric)
     return scores, ids
 

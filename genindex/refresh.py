@@ -85,15 +85,13 @@ def refresh(snapshot: Snapshot, config: IndexConfig, labels: Any, ids: Any, *,
     data = refresh_data(snapshot, labels, ids, device)
     if not len(data.fresh_rows):
         return snapshot, RefreshHistory()
-    trie = snapshot.trie
     if snapshot.tokenizer.class_codes is not None and data.labels is not None:
         data = new_class_codes(snapshot.tokenizer, data)
-        trie = data.trie
     if steps is None:
         steps = default_steps(len(data.fresh_rows), replay, config.decoder.batch_size)
     decoder, history = refresh_decoder(snapshot.decoder, data, config, steps=steps,
                                        replay=replay, refreshes=refreshes, progress=progress)
-    return snapshot._replace(decoder=decoder, trie=trie), history
+    return snapshot._replace(decoder=decoder, trie=data.trie), history
 
 
 def refresh_data(snapshot: Snapshot, labels: Any, ids: Any, device: torch.device) -> RefreshData:
@@ -134,24 +132,27 @@ def new_class_codes(tokenizer: SemanticTokenizer, data: RefreshData) -> RefreshD
     new = np.setdiff1d(np.unique(labels[is_fresh]), old_labels)
     if not len(new):
         return data
-    f = tokenizer.f_cls(data.x)
     rows = np.flatnonzero(np.isin(labels, new))
-    groups = torch.from_numpy(np.searchsorted(new, labels[rows])).to(f.device)
-    centres = tokenizer.class_centres_of(f[rows], groups, len(new))
-    codes, ids = data.codes.clone(), data.ids[rows]
+    groups = np.searchsorted(new, labels[rows])  # each row's new class, 0..len(new)-1
+    f = tokenizer.f_cls(data.x[rows])
+    centres = tokenizer.class_centres(f, torch.from_numpy(groups).to(f.device), len(new))
+    ids = data.ids[rows]
     others = ~np.isin(data.trie.ids, ids)  # every other item of the index, labelled or not
     used = {tuple(code) for code in data.trie.codes[others].tolist()}
     quantizer = tokenizer.quantizer
+    new_codes = np.empty((len(new), quantizer.num_codebooks), np.int64)
     for c, centre in enumerate(centres):
         code = quantizer.encode(centre[None])[0]
+        prefix = tuple(code[:-1].tolist())
         residual = centre - quantizer.decode(code[None])[0] + quantizer.codebooks[-1, code[-1]]
-        for last in torch.cdist(residual[None], quantizer.codebooks[-1])[0].argsort().tolist():
-            if (*code[:-1].tolist(), last) not in used:
-                code[-1] = last
-                break
-        used.add(tuple(code.tolist()))
-        codes[torch.from_numpy(rows[groups.cpu().numpy() == c]).to(codes.device)] = code
-    trie = data.trie.remove(ids).insert(codes[torch.from_numpy(rows)].cpu().numpy(), ids)
+        nearest = torch.cdist(residual[None], quantizer.codebooks[-1])[0].argsort().tolist()
+        last = next((i for i in nearest if (*prefix, i) not in used), int(code[-1]))
+        new_codes[c] = (*prefix, last)
+        used.add((*prefix, last))
+    codes = data.codes.clone()
+    codes[torch.from_numpy(rows).to(codes.device)] = torch.from_numpy(
+        new_codes[groups]).to(codes.device)
+    trie = data.trie.remove(ids).insert(new_codes[groups], ids)
     return dataclasses.replace(data, codes=codes, trie=trie)
 
 

@@ -63,16 +63,19 @@ class VectorStore:
         queries = queries.float()
 
         def distance(query_index: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-            rows = ids if self._ids_are_rows else torch.searchsorted(copy.ids, ids)
-            return pair_values(copy.vectors, queries, query_index, rows, metric,
-                               products=not exact, norms=copy.norms)
+            return pair_values(copy.vectors, queries, query_index, self._rows(copy, ids),
+                               metric, products=not exact, norms=copy.norms)
 
         return distance
 
     def lookup(self, device: torch.device, ids: torch.Tensor) -> torch.Tensor:
         """The vectors (len(ids), d) of the items ``ids`` (all present), on ``device``."""
         copy = self._on(device)
-        return copy.vectors[ids if self._ids_are_rows else torch.searchsorted(copy.ids, ids)]
+        return copy.vectors[self._rows(copy, ids)]
+
+    def _rows(self, copy: _DeviceCopy, ids: torch.Tensor) -> torch.Tensor:
+        """The rows of ``copy`` holding the items ``ids`` (all present)."""
+        return ids if self._ids_are_rows else torch.searchsorted(copy.ids, ids)
 
     def _on(self, device: torch.device) -> _DeviceCopy:
         """The store's tensors on ``device``, made on first use and kept."""

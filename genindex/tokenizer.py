@@ -219,13 +219,11 @@ class SemanticTokenizer(nn.Module):
         self.novelty_cosine.fill_(float(torch.quantile(cosine.float(), self.novelty_quantile)))
 
     @torch.no_grad()
-    def class_centres(self, f: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """(C, D): every class's normalised mean of the features ``f`` (n, D) of its items."""
-        return self.class_centres_of(f, labels, int(self.num_classes))
-
-    @staticmethod
-    def class_centres_of(f: torch.Tensor, labels: torch.Tensor, classes: int) -> torch.Tensor:
-        """(classes, D): the normalised mean of ``f`` over the rows of each label."""
+    def class_centres(self, f: torch.Tensor, labels: torch.Tensor,
+                      num_classes: int | None = None) -> torch.Tensor:
+        """(C, D): every class's normalised mean of the features ``f`` (n, D) of its items;
+        C is ``num_classes`` (default: the tokenizer's classes)."""
+        classes = int(self.num_classes if num_classes is None else num_classes)
         sums = f.new_zeros(classes, f.shape[1]).index_add_(0, labels, f.float())
         return F.normalize(sums, dim=1)
 
