@@ -45,7 +45,6 @@ def pr_curve(hits: np.ndarray, num_relevant: np.ndarray) -> tuple[np.ndarray, np
     return precision, recall
 
 
-
 def summary(hits: np.ndarray, num_relevant: np.ndarray, ks: Sequence[int],
             mrr_ks: Sequence[int] = (), map_ks: Sequence[int] = (100,)) -> Metrics:
     """Precision@K and recall@K at ``ks``, MRR@K at ``mrr_ks``, MAP@K at ``map_ks``."""
@@ -53,3 +52,12 @@ def summary(hits: np.ndarray, num_relevant: np.ndarray, ks: Sequence[int],
                    recall={k: recall_at_k(hits, k) for k in ks},
                    mrr={k: mrr_at_k(hits, k) for k in mrr_ks},
                    map={k: map_at_k(hits, k, num_relevant) for k in map_ks})
+
+
+def headline(ids: np.ndarray, db_labels: np.ndarray, query_labels: np.ndarray,
+             k: int = 100) -> tuple[float, float, float]:
+    """P@1, P@3 and MAP@``k`` in percent of the result ``ids`` (n, >= k): the three
+    numbers issue 16's tables compare."""
+    hits = relevance(ids, db_labels, query_labels)
+    found = summary(hits, relevant_counts(db_labels, query_labels), (1, 3), (), (k,))
+    return 100 * found.precision[1], 100 * found.precision[3], 100 * found.map[k]

@@ -58,6 +58,9 @@ def test_runner_rows_are_the_metrics_of_the_ids_each_method_returned(
         return row, ids
 
     monkeypatch.setattr(run, "measure", recording)
+    # the extra semantic-order row, as emoji has it (few candidates: the data is small)
+    monkeypatch.setattr(run, "SEMANTIC_CANDIDATES", {"digits": {"beam_size": 8,
+                                                                "k_factor": 2.0}})
     methods = ["linear", "ivfpq", "hnsw", "scann", "ncm", "classifier", "genindex"]
     if importlib.util.find_spec("diskannpy"):
         methods.insert(4, "diskann")
@@ -78,7 +81,9 @@ def test_runner_rows_are_the_metrics_of_the_ids_each_method_returned(
     genindex = [row for row in result.rows if row.method.startswith("genindex")]
     assert [row.method for row in genindex] == ["genindex, feature ids",
                                                 "genindex, feature ids, metric order",
-                                                "genindex, feature ids, semantic order"]
+                                                "genindex, feature ids, semantic order",
+                                                "genindex, feature ids, semantic order, "
+                                                "beam 8, k_factor 2"]
     assert all(row.seeds == 2 for row in genindex)
     linear_ids = {label: ids for name, label, ids in returned if name == "linear"}
     for row in result.rows:
@@ -216,6 +221,18 @@ def test_pr_curve_by_hand():
     np.testing.assert_allclose(precision, [1 / 3, 1 / 3, 2 / 9, 1 / 4])
     # recall: found / relevant: [0, 1/2, 1/2, 1], [1, 1, 1, 1], zeros
     np.testing.assert_allclose(recall, [1 / 3, 1 / 2, 1 / 2, 2 / 3])
+
+
+def test_headline_by_hand():
+    # database classes by id: 0 0 1 1 1; queries of class 0 and 1; -1 is no result
+    db_labels, q_labels = np.array([0, 0, 1, 1, 1]), np.array([0, 1])
+    ids = np.array([[2, 0, 1, -1], [2, 0, 3, 4]])
+    p1, p3, map4 = metrics.headline(ids, db_labels, q_labels, k=4)
+    assert p1 == pytest.approx(100 * (0 + 1) / 2)
+    assert p3 == pytest.approx(100 * (2 / 3 + 2 / 3) / 2)
+    # AP@4: query 0 hits at ranks 2, 3 of R = 2: (1/2 + 2/3) / 2; query 1 at 1, 3, 4 of
+    # R = 3: (1 + 2/3 + 3/4) / 3
+    assert map4 == pytest.approx(100 * ((1 / 2 + 2 / 3) / 2 + (1 + 2 / 3 + 3 / 4) / 3) / 2)
 
 
 @pytest.mark.parametrize("new_classes", [0.0, 0.2])
