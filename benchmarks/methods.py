@@ -78,20 +78,25 @@ class GenIndex(Method):
     Query parameters: ``beam_size`` (None: the index's default, ``max(k, 10)``) and
     ``order``: ``"generative"`` (the paper's ranking), ``"metric"`` (the generative
     top k ranked by exact L2 distance, what Faiss code reads) or ``"semantic"`` (the
-    same candidates ranked by the cosine of the tokenizer's f_cls). ``rows``: the
-    table rows one built index gives, by name (``label``, ``label + ", metric
-    order"``, ``label + ", semantic order"``), with their query arguments."""
+    same candidates ranked by the cosine of the tokenizer's f_cls), and ``k_factor``
+    (None: the index's). ``rows``: the table rows one built index gives, by name
+    (``label``, ``label + ", metric order"``, ``label + ", semantic order"`` and, with
+    ``wide`` (``beam_size`` and ``k_factor``), the semantic order over that many
+    candidates), with their query arguments."""
 
     name = "genindex"
 
     def __init__(self, config=None, backbone=None, device: str = "cpu",
                  progress: bool = True, note: str | None = None,
-                 label: str = "genindex") -> None:
+                 label: str = "genindex", wide: dict[str, Any] | None = None) -> None:
         self.config, self.backbone, self.device = config, backbone, device
         self.progress, self.note = progress, note
         self.rows = {label: {"order": "generative"},
                      f"{label}, metric order": {"order": "metric"},
                      f"{label}, semantic order": {"order": "semantic"}}
+        if wide is not None:  # the semantic order over more candidates
+            name = f"beam {wide['beam_size']}, k_factor {wide['k_factor']:g}"
+            self.rows[f"{label}, semantic order, {name}"] = {"order": "semantic", **wide}
         self.set_query_arguments()
 
     def fit(self, db, labels, images=None):
@@ -102,16 +107,16 @@ class GenIndex(Method):
         self.index = GenerativeIndex.fit(data, labels, self.config, backbone=backbone,
                                          device=self.device, progress=self.progress)
 
-    def set_query_arguments(self, beam_size: int | None = None,
-                            order: str = "generative") -> None:
-        self.beam_size, self.order = beam_size, order
+    def set_query_arguments(self, beam_size: int | None = None, order: str = "generative",
+                            k_factor: float | None = None) -> None:
+        self.beam_size, self.order, self.k_factor = beam_size, order, k_factor
 
     def search(self, queries, k, images=None, timings: dict[str, float] | None = None):
         """``timings``, if given, accumulates seconds per part of the search
         (``genindex.beam.TIMED_PARTS``)."""
         data = images if images is not None and self.backbone is not None else queries
         return self.index.search(data, k, beam_size=self.beam_size, order=self.order,
-                                 timings=timings).ids
+                                 k_factor=self.k_factor, timings=timings).ids
 
     def nbytes(self):
         with tempfile.TemporaryDirectory() as folder:

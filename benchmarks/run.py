@@ -53,6 +53,9 @@ FT_METHODS = ("linear", "ivfpq", "hnsw", "scann", "ncm")
 # --split val (docs/benchmarks.md): 60,000 images take batches of 512 (P@1 90.1 against
 # 89.8 with 128, in 105 s instead of 169 s).
 FT_PRESETS = {"fashion-mnist": {"batch_size": 512}}
+# An extra semantic-order row per data set over more candidates, chosen on --split val by
+# benchmarks/k_factor.py (docs/benchmarks.md): emoji, beam 1,000 and the top 1,000 ranked.
+SEMANTIC_CANDIDATES = {"emoji": {"beam_size": 1000, "k_factor": 10.0}}
 ABLATIONS = ("ids", "length", "fresh")
 
 
@@ -208,8 +211,8 @@ def make_methods(names: list[str], args, metric: str, n: int, setup: Setup,
             built += [Built(GenIndex(
                 config.replace(seed=config.seed + seed),
                 backbone=setup.backbone if end_to_end else None, device=args.device,
-                progress=not args.quiet, label=label,
-                note=f"config: {config_name}"), seed) for seed in range(args.seeds)]
+                progress=not args.quiet, label=label, note=f"config: {config_name}",
+                wide=SEMANTIC_CANDIDATES.get(args.dataset)), seed) for seed in range(args.seeds)]
     return built
 
 
