@@ -171,6 +171,13 @@ def test_efficientnet_lite0_global_feature_is_the_root_of_the_mean_and_old_specs
         torch.testing.assert_close(rebuilt(pixels).global_feature, mean)
     with pytest.raises(ValueError, match="pooling must be one of"):
         saved_backbone({**old, "pooling": "max"})
+    # the plain mean by name, as the runner's --backbone takes it
+    named = get_backbone("efficientnet-lite0:mean").eval()
+    assert named.spec() == rebuilt.spec()
+    with torch.no_grad():
+        torch.testing.assert_close(named(pixels).global_feature, mean)
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        get_backbone("efficientnet-lite0:max")
 
 
 def test_open_clip_without_weights_offline_fails_fast_and_says_what_to_do(tmp_path):
