@@ -3,18 +3,29 @@
 The decoder is trained on pairs ``(x_1, x_2)`` (paper section 3.2): it reads
 ``x_1`` and writes the identifier of ``x_2``. With labels, ``x_2`` is a random
 other item of ``x_1``'s class, as in the paper. Without labels, one of
-``x_1``'s ``neighbors`` nearest neighbours by L2 distance. Training draws a
-partner for every item once per epoch; a refresh draws them for the items of
-each batch (:meth:`Partners.sample` with ``rows``).
+``x_1``'s ``neighbors`` nearest neighbours by L2 distance: mined exactly up to
+:data:`EXACT_NEIGHBORS` items, above that through a Faiss IVF-Flat index (so
+that mining scales to millions of items). Training draws a partner for every
+item once per epoch; a refresh draws them for the items of each batch
+(:meth:`Partners.sample` with ``rows``).
 """
 
 from __future__ import annotations
 
+import logging
+import math
+
+import numpy as np
 import torch
 
 from .kmeans import squared_distances
 
+log = logging.getLogger(__name__)
+
 DISTANCE_BLOCK = 1 << 25  # distances per block in the neighbour search (128 MiB)
+EXACT_NEIGHBORS = 20_000  # items up to which neighbours are mined exactly (O(n^2))
+NPROBE = 16  # lists the approximate neighbour search visits, of about sqrt(n)
+SEARCH_BLOCK = 1 << 16  # rows per approximate search call (bounds the copies)
 
 
 class Partners:
@@ -26,6 +37,7 @@ class Partners:
         self._knn: torch.Tensor | None = None  # every row's neighbours, once drawn for all
         self.labelled = labels is not None
         if labels is None:
+            self.neighbors = Neighbors(x, self.k)
             return
         labels = self.labels = labels.to(self.device)
         self.order = torch.argsort(labels, stable=True)
@@ -42,8 +54,7 @@ class Partners:
         if rows is not None:
             rows = rows.to(self.device)
         if not self.labelled:
-            knn = self._all_neighbors() if rows is None else nearest_neighbors(self.x, rows,
-                                                                               self.k)
+            knn = self._all_neighbors() if rows is None else self.neighbors(rows)
             pick = torch.randint(knn.shape[1], (len(knn),), generator=generator)
             return knn[torch.arange(len(knn), device=self.device), pick.to(self.device)]
         count, start, position = self.count, self.start, self.position
@@ -71,9 +82,55 @@ class Partners:
 
     def _all_neighbors(self) -> torch.Tensor:
         if self._knn is None:
-            self._knn = nearest_neighbors(self.x, torch.arange(len(self.x), device=self.device),
-                                          self.k)
+            self._knn = self.neighbors(torch.arange(len(self.x), device=self.device))
         return self._knn
+
+
+class Neighbors:
+    """The ``k`` nearest other rows of ``x`` (n, d) to any of its rows: exact up to
+    :data:`EXACT_NEIGHBORS` rows (or off the CPU, or without Faiss); above, through a
+    Faiss IVF-Flat index of ``x`` built once (about sqrt(n) lists, :data:`NPROBE`
+    visited; k-means seeded, so a build gives the same neighbours every time)."""
+
+    def __init__(self, x: torch.Tensor, k: int) -> None:
+        self.x, self.k = x, k
+        large = len(x) > EXACT_NEIGHBORS and x.device.type == "cpu"
+        self.ivf = _ivf_flat(x) if large else None
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        """Indices (len(rows), k), never the row itself."""
+        if self.ivf is None:
+            return nearest_neighbors(self.x, rows, self.k)
+        return torch.cat([self._approximate(rows[start:start + SEARCH_BLOCK])
+                          for start in range(0, len(rows), SEARCH_BLOCK)])
+
+    def _approximate(self, rows: torch.Tensor) -> torch.Tensor:
+        queries = np.ascontiguousarray(self.x[rows].float().numpy(), dtype="float32")
+        found = torch.from_numpy(self.ivf.search(queries, self.k + 1)[1])
+        own = (found == rows[:, None]).to(torch.int8)  # the row itself, moved last
+        out = found.gather(1, torch.argsort(own, dim=1, stable=True))[:, :self.k]
+        short = (out < 0).any(dim=1)  # fewer than k found in the visited lists
+        if short.any():
+            out[short] = nearest_neighbors(self.x, rows[short], self.k)
+        return out
+
+
+def _ivf_flat(x: torch.Tensor):
+    """A Faiss IVF-Flat index of ``x``, or None (with a warning) without Faiss."""
+    try:
+        import faiss
+    except ImportError:
+        log.warning("mining the neighbours of %d items exactly (O(n^2)): pip install "
+                    "faiss-cpu for an approximate search that scales", len(x))
+        return None
+    data = np.ascontiguousarray(x.float().numpy(), dtype="float32")
+    lists = max(1, int(math.sqrt(len(data))))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatL2(data.shape[1]), data.shape[1], lists)
+    index.cp.max_points_per_centroid = 64  # k-means on at most 64 points a list
+    index.train(data)
+    index.add(data)
+    index.nprobe = min(NPROBE, lists)
+    return index
 
 
 def nearest_neighbors(x: torch.Tensor, rows: torch.Tensor, k: int) -> torch.Tensor:
