@@ -4,8 +4,8 @@ The decoder is trained on pairs ``(x_1, x_2)`` (paper section 3.2): it reads
 ``x_1`` and writes the identifier of ``x_2``. With labels, ``x_2`` is a random
 other item of ``x_1``'s class, as in the paper. Without labels, one of
 ``x_1``'s ``neighbors`` nearest neighbours by L2 distance: mined exactly up to
-:data:`EXACT_NEIGHBORS` items, above that through a Faiss IVF-Flat index (so
-that mining scales to millions of items). Training draws a partner for every
+:data:`EXACT_NEIGHBORS` items, above that through a Faiss IVF-Flat index
+(about n^1.5 distances instead of n^2). Training draws a partner for every
 item once per epoch; a refresh draws them for the items of each batch
 (:meth:`Partners.sample` with ``rows``).
 """
