@@ -121,7 +121,7 @@ def _ivf_flat(x: torch.Tensor):
         import faiss
     except ImportError:
         log.warning("mining the neighbours of %d items exactly (O(n^2)): pip install "
-                    "faiss-cpu for an approximate search that scales", len(x))
+                    "faiss-cpu for an approximate search", len(x))
         return None
     data = np.ascontiguousarray(x.float().numpy(), dtype="float32")
     lists = max(1, int(math.sqrt(len(data))))
