@@ -76,8 +76,7 @@ def view_features(backbone, images, views: int, cache: Path, progress: bool) -> 
 
 
 def report(name: str, ids: np.ndarray, db_labels, q_labels, seconds: float) -> None:
-    p1, p3, map_k = metrics.headline(ids, db_labels, q_labels, K)
-    print(f"| {name} | {p1:.1f} | {p3:.1f} | {map_k:.1f} | {seconds:.0f} |", flush=True)
+    print(metrics.headline_row(name, ids, db_labels, q_labels, seconds), flush=True)
 
 
 def ft_linear_scan(train_x, train_y, db, queries, dataset: str, progress: bool) -> np.ndarray:

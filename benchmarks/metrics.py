@@ -61,3 +61,10 @@ def headline(ids: np.ndarray, db_labels: np.ndarray, query_labels: np.ndarray,
     hits = relevance(ids, db_labels, query_labels)
     found = summary(hits, relevant_counts(db_labels, query_labels), (1, 3), (), (k,))
     return 100 * found.precision[1], 100 * found.precision[3], 100 * found.map[k]
+
+
+def headline_row(name: str, ids: np.ndarray, db_labels: np.ndarray,
+                 query_labels: np.ndarray, seconds: float) -> str:
+    """A markdown row ``| name | P@1 | P@3 | MAP@100 | seconds |`` of :func:`headline`."""
+    p1, p3, map_k = headline(ids, db_labels, query_labels)
+    return f"| {name} | {p1:.1f} | {p3:.1f} | {map_k:.1f} | {seconds:.0f} |"

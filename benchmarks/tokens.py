@@ -148,8 +148,7 @@ def token_decoder(index: GenerativeIndex, config, db: np.ndarray, db_labels: np.
 
 
 def report(name: str, ids: np.ndarray, db_labels, q_labels, seconds: float) -> None:
-    p1, p3, map_k = metrics.headline(ids, db_labels, q_labels, K)
-    print(f"| {name} | {p1:.1f} | {p3:.1f} | {map_k:.1f} | {seconds:.0f} |", flush=True)
+    print(metrics.headline_row(name, ids, db_labels, q_labels, seconds), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
