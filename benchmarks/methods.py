@@ -107,6 +107,11 @@ class GenIndex(Method):
         self.index = GenerativeIndex.fit(data, labels, self.config, backbone=backbone,
                                          device=self.device, progress=self.progress)
 
+    def phases(self) -> str:
+        """Seconds of the build's phases, as the index recorded them."""
+        history = self.index.history
+        return f"tokenizer {history.tokenizer_s:.1f} s, decoder {history.decoder_s:.1f} s"
+
     def set_query_arguments(self, beam_size: int | None = None, order: str = "generative",
                             k_factor: float | None = None) -> None:
         self.beam_size, self.order, self.k_factor = beam_size, order, k_factor

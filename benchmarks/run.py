@@ -269,12 +269,13 @@ def run_methods(args, setup: Setup, db, queries, names, metric, ks, label, class
         method = built.method
         _, build_s = timed(method.fit, db, data.db_labels, images=data.db_images)
         size = method.nbytes()  # one built index, whatever its query arguments
+        phases = f" ({method.phases()})" if hasattr(method, "phases") else ""
         for name, arguments in getattr(method, "rows", {method.name: {}}).items():
             method.set_query_arguments(**arguments)
             row, _ = measure(method, name, label, queries, data, ks, exact_ids, build_s, size)
             rows.setdefault(name, []).append((row, built.seed))
             seed = "" if built.seed is None else f", seed {built.seed}"
-            print(f"{name} ({label}{seed}): built in {build_s:.1f} s, "
+            print(f"{name} ({label}{seed}): built in {build_s:.1f} s{phases}, "
                   f"{row.qps:.0f} queries/s, P@1 {row.metrics.precision.get(1, np.nan):.3f}",
                   flush=True)
         method.set_query_arguments()

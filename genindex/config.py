@@ -26,6 +26,9 @@ PAPER: dict[str, dict[str, Any]] = {
     "index": dict(end_to_end=True, backbone_lr_scale=0.01),
 }
 PRESETS = ("default", "paper", "paper-large")  # names the command line takes (--config)
+# Training's arithmetic: "auto", bfloat16 autocast where the hardware has it (CUDA; a CPU
+# with AVX512-BF16 or AMX), float32 elsewhere; or always "float32" or "bfloat16".
+PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,7 @@ class IndexConfig:
     # Share of the training items (at most 2,000) held out from both models' training
     # to score the stopping rules; only when a patience is set.
     holdout: float = 0.05
+    precision: str = "auto"  # training's autocast, one of PRECISIONS (search: its dtype=)
 
     def __post_init__(self) -> None:
         if not isinstance(self.tokenizer, TokenizerConfig):
@@ -183,6 +187,9 @@ class IndexConfig:
             raise ValueError(f"IndexConfig: betas must be two numbers in [0, 1), got {betas!r}")
         object.__setattr__(self, "betas", tuple(float(b) for b in betas))
         _check_nonnegative(self, "weight_decay", "backbone_lr_scale", "seed")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"IndexConfig: precision must be one of {PRECISIONS}, "
+                             f"got {self.precision!r}")
         if not (isinstance(self.holdout, (int, float)) and not isinstance(self.holdout, bool)
                 and 0 <= self.holdout < 0.5):
             raise ValueError(f"IndexConfig: holdout must be in [0, 0.5), got {self.holdout!r}")

@@ -25,6 +25,7 @@ from torch import nn
 from . import checks
 from .backbones import Backbone, get_backbone
 from .cache import FeatureCache
+from .config import PRECISIONS
 from .extract import model_inputs, open_cache
 from .loop import Objective, batches, epoch_plan, train_loop
 from .tokenizer import CosineClassifier
@@ -43,6 +44,12 @@ class FineTuneConfig:
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.96)
     seed: int = 0
+    precision: str = "auto"  # training's autocast, as IndexConfig.precision
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"FineTuneConfig: precision must be one of {PRECISIONS}, "
+                             f"got {self.precision!r}")
 
 
 class FineTuned(nn.Module):

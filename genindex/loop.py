@@ -12,8 +12,9 @@ partners). Everything else is done here, once:
 * DistributedDataParallel under ``torchrun`` (see :mod:`genindex.distributed`):
   every rank takes its slice of each global batch, losses weighted so that
   the optimizer takes the steps one process would;
-* bfloat16 autocast on CUDA, a progress bar on rank 0, the mean loss of every
-  pass (averaged over ranks) as the history;
+* bfloat16 autocast where the hardware computes it natively (``precision``:
+  CUDA, and CPUs with AVX512-BF16 or AMX), a progress bar on rank 0, the mean
+  loss of every pass (averaged over ranks) as the history;
 * the stopping rule (:class:`Stopping`): a score on held-out data after every
   pass, training ended once it has not improved for ``patience`` passes, and
   the weights of the best pass kept.
@@ -33,6 +34,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .backbones import Backbone
+from .config import PRECISIONS
 
 # The loss of a batch: (the model, wrapped for DDP when active; batch rows) -> scalar
 BatchLoss = Callable[[nn.Module, torch.Tensor], torch.Tensor]
@@ -87,6 +89,7 @@ class OptimizerSettings(Protocol):
     weight_decay: float
     betas: tuple[float, float]
     backbone_lr_scale: float
+    precision: str  # one of PRECISIONS
 
 
 def epoch_plan(lr: float, epochs: int, warmup_epochs: int, n: int, batch_size: int) -> Plan:
@@ -122,12 +125,12 @@ def train_loop(model: nn.Module, batch_loss: BatchLoss, passes: Iterable[Iterabl
         losses = []
         for batch in islice(batches, plan.steps - done):
             rows, weight = distributed.shard(batch)  # all of it on one process
-            with autocast(device):
+            with autocast(device, settings.precision):
                 loss = batch_loss(wrapped, rows)
             losses.append(step(loss if weight == 1.0 else loss * weight, optimizer, schedule))
         done += len(losses)
         bar.update(len(losses))
-        history.append(distributed.mean(sum(losses) / len(losses), device))
+        history.append(distributed.mean(float(torch.stack(losses).float().mean()), device))
         halt = stopping is not None and stopping.update(model)
         bar.set_postfix(loss=f"{history[-1]:.4f}", **(
             {"score": f"{stopping.scores[-1]:.4f}"} if stopping is not None else {}))
@@ -172,18 +175,41 @@ def make_optimizer(model: nn.Module, plan: Plan, settings: OptimizerSettings):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def autocast(device: torch.device):
-    """bfloat16 mixed precision on CUDA; full precision elsewhere."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                          enabled=device.type == "cuda")
+def autocast(device: torch.device, precision: str = "auto"):
+    """Mixed precision as ``precision`` asks (:func:`training_dtype`), else nothing."""
+    dtype = training_dtype(device, precision)
+    return torch.autocast(device_type=device.type, dtype=dtype or torch.bfloat16,
+                          enabled=dtype is not None)
 
 
-def step(loss: torch.Tensor, optimizer, schedule) -> float:
+def training_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype of training on ``device``: ``"float32"``, none; ``"bfloat16"``,
+    bfloat16; ``"auto"``, bfloat16 where the hardware has it (CUDA; a CPU with
+    AVX512-BF16 or AMX), else none."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "float32" or (precision == "auto" and not native_bfloat16(device)):
+        return None
+    return torch.bfloat16
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 matrix products in hardware."""
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private in torch 2.x
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def step(loss: torch.Tensor, optimizer, schedule) -> torch.Tensor:
+    """One optimizer step; the loss, detached, left on its device (no host sync)."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     schedule.step()
-    return float(loss.detach())
+    return loss.detach()
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator,

@@ -4,10 +4,10 @@ The decoder is trained on pairs ``(x_1, x_2)`` (paper section 3.2): it reads
 ``x_1`` and writes the identifier of ``x_2``. With labels, ``x_2`` is a random
 other item of ``x_1``'s class, as in the paper. Without labels, one of
 ``x_1``'s ``neighbors`` nearest neighbours by L2 distance: mined exactly up to
-:data:`EXACT_NEIGHBORS` items, above that through a Faiss IVF-Flat index
-(about n^1.5 distances instead of n^2). Training draws a partner for every
-item once per epoch; a refresh draws them for the items of each batch
-(:meth:`Partners.sample` with ``rows``).
+:data:`EXACT_NEIGHBORS` items, above that by a clustered search in matrix
+products (:func:`clustered_knn`: about ``NPROBE`` n^1.5 distances instead of
+n^2). Training draws a partner for every item once per epoch; a refresh draws
+them for the items of each batch (:meth:`Partners.sample` with ``rows``).
 """
 
 from __future__ import annotations
@@ -15,17 +15,19 @@ from __future__ import annotations
 import logging
 import math
 
-import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from .kmeans import squared_distances
+from .kmeans import assign, kmeans, squared_distances
 
 log = logging.getLogger(__name__)
 
 DISTANCE_BLOCK = 1 << 25  # distances per block in the neighbour search (128 MiB)
 EXACT_NEIGHBORS = 20_000  # items up to which neighbours are mined exactly (O(n^2))
-NPROBE = 16  # lists the approximate neighbour search visits, of about sqrt(n)
-SEARCH_BLOCK = 1 << 16  # rows per approximate search call (bounds the copies)
+NPROBE = 8  # lists each list's rows are searched in, of about sqrt(n) (its own included)
+CENTROID_SAMPLE = 64  # rows per list the lists' k-means is fit on
+KMEANS_ITERS = 10
+PROGRESS_FROM = 200_000  # rows from which the clustered search shows a progress bar
 
 
 class Partners:
@@ -88,49 +90,64 @@ class Partners:
 
 class Neighbors:
     """The ``k`` nearest other rows of ``x`` (n, d) to any of its rows: exact up to
-    :data:`EXACT_NEIGHBORS` rows (or off the CPU, or without Faiss); above, through a
-    Faiss IVF-Flat index of ``x`` built once (about sqrt(n) lists, :data:`NPROBE`
-    visited; k-means seeded, so a build gives the same neighbours every time)."""
+    :data:`EXACT_NEIGHBORS` rows, above that by a clustered search (:func:`clustered_knn`)
+    of every row at once, seeded, so a build gives the same neighbours every time."""
 
     def __init__(self, x: torch.Tensor, k: int) -> None:
         self.x, self.k = x, k
-        large = len(x) > EXACT_NEIGHBORS and x.device.type == "cpu"
-        self.ivf = _ivf_flat(x) if large else None
+        self.knn = clustered_knn(x, k) if len(x) > EXACT_NEIGHBORS else None
 
     def __call__(self, rows: torch.Tensor) -> torch.Tensor:
         """Indices (len(rows), k), never the row itself."""
-        if self.ivf is None:
+        if self.knn is None:
             return nearest_neighbors(self.x, rows, self.k)
-        return torch.cat([self._approximate(rows[start:start + SEARCH_BLOCK])
-                          for start in range(0, len(rows), SEARCH_BLOCK)])
-
-    def _approximate(self, rows: torch.Tensor) -> torch.Tensor:
-        queries = np.ascontiguousarray(self.x[rows].float().numpy(), dtype="float32")
-        found = torch.from_numpy(self.ivf.search(queries, self.k + 1)[1])
-        own = (found == rows[:, None]).to(torch.int8)  # the row itself, moved last
-        out = found.gather(1, torch.argsort(own, dim=1, stable=True))[:, :self.k]
-        short = (out < 0).any(dim=1)  # fewer than k found in the visited lists
-        if short.any():
-            out[short] = nearest_neighbors(self.x, rows[short], self.k)
-        return out
+        return self.knn[rows.to(self.knn.device)]
 
 
-def _ivf_flat(x: torch.Tensor):
-    """A Faiss IVF-Flat index of ``x``, or None (with a warning) without Faiss."""
-    try:
-        import faiss
-    except ImportError:
-        log.warning("mining the neighbours of %d items exactly (O(n^2)): pip install "
-                    "faiss-cpu for an approximate search", len(x))
-        return None
-    data = np.ascontiguousarray(x.float().numpy(), dtype="float32")
-    lists = max(1, int(math.sqrt(len(data))))
-    index = faiss.IndexIVFFlat(faiss.IndexFlatL2(data.shape[1]), data.shape[1], lists)
-    index.cp.max_points_per_centroid = 64  # k-means on at most 64 points a list
-    index.train(data)
-    index.add(data)
-    index.nprobe = min(NPROBE, lists)
-    return index
+def clustered_knn(x: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
+    """Approximate ``k`` nearest other rows (n, k) of every row of ``x``, in matrix products.
+
+    The rows are cut into about sqrt(n) k-means lists; each list is searched
+    exactly against the rows of the :data:`NPROBE` lists whose centroids are
+    nearest its own (its own included): about ``NPROBE / sqrt(n)`` of an exact
+    search's distances, computed as one blocked matrix product per list. A row
+    whose visited lists hold fewer than ``k`` other rows is searched exactly.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    lists = max(1, int(math.sqrt(len(x))))
+    sample = torch.randperm(len(x), generator=generator)[:lists * CENTROID_SAMPLE]
+    centroids = kmeans(x[sample.to(x.device)], lists, KMEANS_ITERS, generator)
+    owner, _ = assign(x, centroids)
+    probe = squared_distances(centroids, centroids).topk(min(NPROBE + 1, lists), dim=1,
+                                                         largest=False).indices
+    order = torch.argsort(owner, stable=True)
+    counts = torch.bincount(owner, minlength=lists)
+    start = counts.cumsum(0) - counts
+    members = [order[s:s + c] for s, c in zip(start.tolist(), counts.tolist())]
+    out = torch.empty(len(x), k, dtype=torch.long, device=x.device)
+    for i in tqdm(range(lists), desc="neighbours", unit="list", leave=False,
+                  disable=len(x) < PROGRESS_FROM):
+        if len(members[i]):
+            near = [i] + [j for j in probe[i].tolist() if j != i][:NPROBE - 1]
+            out[members[i]] = _search_list(x, torch.cat([members[j] for j in near]),
+                                           len(members[i]), k)
+    return out
+
+
+def _search_list(x: torch.Tensor, candidates: torch.Tensor, rows: int,
+                 k: int) -> torch.Tensor:
+    """The ``k`` nearest other ``candidates`` to each of the first ``rows`` of them."""
+    if len(candidates) <= k:  # too few others visited
+        return nearest_neighbors(x, candidates[:rows], k)
+    y = x[candidates]
+    norms = (y * y).sum(1)
+    found = []
+    for chunk in torch.arange(rows, device=x.device).split(
+            max(1, DISTANCE_BLOCK // len(candidates))):
+        d = squared_distances(y[chunk], y, norms)
+        d[torch.arange(len(chunk), device=x.device), chunk] = float("inf")
+        found.append(candidates[d.topk(k, dim=1, largest=False).indices])
+    return torch.cat(found)
 
 
 def nearest_neighbors(x: torch.Tensor, rows: torch.Tensor, k: int) -> torch.Tensor:

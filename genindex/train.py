@@ -37,7 +37,6 @@ from .loop import (
     BatchLoss,
     Objective,
     Stopping,
-    autocast,
     batches,
     epoch_plan,
     num_epochs,
@@ -289,7 +288,7 @@ def freeze(module: nn.Module) -> None:
 
 @torch.no_grad()
 def _f_cls(tokenizer: SemanticTokenizer, x: torch.Tensor) -> torch.Tensor:
-    """f_cls of every row of ``x``, in evaluation mode (what the codebooks are fit on)."""
+    """f_cls of every row of ``x``, in evaluation mode and float32 (what the codebooks
+    are fit on; items are encoded the same way)."""
     tokenizer.eval()
-    with autocast(x.device):
-        return torch.cat([tokenizer.features(chunk).float() for chunk in x.split(chunk_size(x))])
+    return torch.cat([tokenizer.features(chunk).float() for chunk in x.split(chunk_size(x))])

@@ -1,21 +1,16 @@
-"""Neighbour mining for unlabelled training: exact for small n, Faiss IVF-Flat above."""
+"""Neighbour mining for unlabelled training: exact for small n, clustered above."""
 
 from __future__ import annotations
 
-import logging
-import sys
 from unittest import mock
 
 import numpy as np
-import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from genindex import partners
 from genindex.partners import Neighbors, Partners, nearest_neighbors
-
-pytest.importorskip("faiss")
 
 
 def clustered(n: int, d: int, seed: int = 0) -> torch.Tensor:
@@ -32,10 +27,10 @@ def recall(found: torch.Tensor, exact: torch.Tensor) -> float:
 
 def test_approximate_neighbours_match_exact_search_and_repeat(monkeypatch):
     monkeypatch.setattr(partners, "EXACT_NEIGHBORS", 200)
-    monkeypatch.setattr(partners, "SEARCH_BLOCK", 300)  # several search calls
+    monkeypatch.setattr(partners, "DISTANCE_BLOCK", 20_000)  # several blocks a list
     x, rows = clustered(2_000, 16), torch.arange(2_000)
     found = Neighbors(x, 5)
-    assert found.ivf is not None
+    assert found.knn is not None
     first = found(rows)
     exact = nearest_neighbors(x, rows, 5)
     assert first.shape == (2_000, 5)
@@ -54,16 +49,6 @@ def test_rows_whose_visited_lists_hold_too_few_items_are_searched_exactly(monkey
     assert all(set(a.tolist()) == set(b.tolist()) for a, b in zip(found, exact))
 
 
-def test_without_faiss_neighbours_are_mined_exactly_with_a_warning(monkeypatch, caplog):
-    monkeypatch.setattr(partners, "EXACT_NEIGHBORS", 100)
-    monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss raises ImportError
-    x, rows = clustered(300, 4), torch.arange(300)
-    with caplog.at_level(logging.WARNING, logger="genindex.partners"):
-        found = Neighbors(x, 3)
-    assert found.ivf is None and "faiss-cpu" in caplog.text
-    assert torch.equal(found(rows), nearest_neighbors(x, rows, 3))
-
-
 @settings(max_examples=15, deadline=None)
 @given(n=st.integers(101, 400), d=st.integers(1, 6), k=st.integers(1, 8),
        seed=st.integers(0, 3))
@@ -71,7 +56,7 @@ def test_unlabelled_partners_of_a_large_set_are_other_valid_rows(n, d, k, seed):
     x = clustered(n, d, seed)
     with mock.patch.object(partners, "EXACT_NEIGHBORS", 100):
         pairs = Partners(x, None, neighbors=k)
-        assert pairs.neighbors.ivf is not None
+        assert pairs.neighbors.knn is not None
         drawn = pairs.sample(torch.Generator().manual_seed(seed))
         some = torch.arange(0, n, 7)
         batch = pairs.sample(torch.Generator().manual_seed(seed), some)

@@ -1,0 +1,170 @@
+"""The unlabelled path: an index trained without labels beside Faiss, as ANN search.
+
+    python benchmarks/unlabelled.py --dataset emoji [--split val] [--config FILE]
+        [--beam-sizes 10,30,100] [--k-factors 1,3,10] [--seeds 3]
+
+The config is ``--config``'s file, else ``benchmarks/configs/unlabelled/<dataset>.json``
+where there is one (emoji: M 1, L 256 and a one-block decoder, chosen on emoji's
+validation split; docs/performance.md), else the library's defaults.
+
+What ``index.train(x)`` in existing ANN code does: ``GenerativeIndex.fit(db)``
+with no labels (partners are each item's nearest neighbours). One index per
+seed is built on the database features of the chosen split and searched in the
+metric order (the generative top ``10 * k_factor`` items of each beam size,
+ranked by exact squared L2). Beside it, on the same vectors: Faiss IVF-Flat
+(about sqrt(n) lists, swept over nprobe) and HNSW (M 32, swept over efSearch).
+Printed per setting: recall@10 against exact L2 search (the number an ANN
+index is judged by), class precision@1 (labels used only here, to score),
+the mean number of candidates ranked, and queries/s (all queries in one call,
+torch and Faiss on the same threads). Genindex rows are the mean over seeds
+with [min, max].
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import metrics  # noqa: E402
+from benchmarks.k_factor import split  # noqa: E402
+from benchmarks.run import prepare, prepare_arguments  # noqa: E402
+from genindex import GenerativeIndex  # noqa: E402
+
+K = 10  # recall@10 against exact search
+# Each data set's config for this path, chosen on its validation split (docs/performance.md)
+CONFIGS = Path(__file__).resolve().parent / "configs" / "unlabelled"
+NPROBES = (1, 2, 4, 8, 16)
+EF_SEARCHES = (10, 16, 32, 64)
+
+
+def quality(ids: np.ndarray, exact: np.ndarray, db_labels, q_labels) -> tuple[float, float]:
+    """(recall@10 against ``exact``, class precision@1) of result ids (n, >= 10)."""
+    recall = np.mean([len(set(a[:K]) & set(b[:K])) / K for a, b in zip(ids, exact)])
+    hits = metrics.relevance(ids[:, :1], db_labels, q_labels)
+    return float(recall), float(hits[:, 0].mean())
+
+
+def timed(search, queries: np.ndarray) -> tuple[np.ndarray, float]:
+    """Result ids of ``search(queries)`` and queries/s of that call."""
+    start = time.perf_counter()
+    ids = search(queries)
+    return ids, len(queries) / (time.perf_counter() - start)
+
+
+def faiss_rows(db: np.ndarray, queries: np.ndarray, exact, db_labels, q_labels) -> list:
+    import faiss
+
+    rows = []
+    nlist = max(1, round(math.sqrt(len(db))))
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(db.shape[1]), db.shape[1], nlist)
+    ivf.cp.seed = 0
+    start = time.perf_counter()
+    ivf.train(db)
+    ivf.add(db)
+    built = time.perf_counter() - start
+    for nprobe in NPROBES:
+        ivf.nprobe = nprobe
+        ids, qps = timed(lambda q: ivf.search(q, K)[1], queries)
+        rows.append((f"Faiss IVF-Flat ({nlist} lists), nprobe {nprobe}", built,
+                     *quality(ids, exact, db_labels, q_labels), len(db) * nprobe / nlist, qps))
+    hnsw = faiss.IndexHNSWFlat(db.shape[1], 32)
+    start = time.perf_counter()
+    hnsw.add(db)
+    built = time.perf_counter() - start
+    for ef in EF_SEARCHES:
+        hnsw.hnsw.efSearch = ef
+        ids, qps = timed(lambda q: hnsw.search(q, K)[1], queries)
+        rows.append((f"Faiss HNSW (M 32), efSearch {ef}", built,
+                     *quality(ids, exact, db_labels, q_labels), float("nan"), qps))
+    return rows
+
+
+def genindex_rows(db, queries, exact, db_labels, q_labels, args, config) -> list:
+    """One row per (beam size, k_factor): the mean over seeds, with [min, max]."""
+    settings = [(int(b), float(f)) for b in args.beam_sizes.split(",")
+                for f in args.k_factors.split(",")]
+    measured: dict[tuple[int, float], list[tuple[float, float, float, float]]] = {}
+    builds = []
+    for seed in range(args.seeds):
+        start = time.perf_counter()
+        index = GenerativeIndex.fit(db, None, config.replace(seed=config.seed + seed),
+                                    device=args.device, progress=not args.quiet)
+        builds.append(time.perf_counter() - start)
+        history = index.history
+        print(f"seed {seed}: built in {builds[-1]:.1f} s (tokenizer {history.tokenizer_s:.1f}"
+              f" s, decoder {history.decoder_s:.1f} s)", flush=True)
+        for beam, factor in settings:
+            ids, qps = timed(lambda q, i=index, b=beam, f=factor: i.search(
+                q, K, beam_size=b, order="metric", k_factor=f).ids, queries)
+            measured.setdefault((beam, factor), []).append(
+                (*quality(ids, exact, db_labels, q_labels), qps))
+    rows = []
+    for (beam, factor), values in measured.items():
+        recall, p1, qps = (np.array(column) for column in zip(*values))
+        rows.append((f"genindex, beam {beam}, k_factor {factor:g}", float(np.mean(builds)),
+                     _spread(recall), _spread(p1), K * factor, float(qps.mean())))
+    return rows
+
+
+def _spread(values: np.ndarray) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{values.mean():.3f} [{values.min():.3f}, {values.max():.3f}]"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    prepare_arguments(parser, "an IndexConfig JSON file (default: configs/unlabelled/"
+                      "<dataset>.json, else the library's defaults)")
+    parser.add_argument("--split", dest="validation", choices=("heldout", "val", "test"),
+                        default="test", help="test: the reported queries; val: the data "
+                        "set's validation split; heldout: database items as queries")
+    parser.add_argument("--beam-sizes", default="10,30,100")
+    parser.add_argument("--k-factors", default="1,3,10")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    args.split = "val" if args.validation == "val" else "test"
+    config_file, args.config = args.config, None  # no dataset's tuned (labelled) config
+    setup = prepare(args)
+    if args.validation == "test":
+        db, queries = setup.db, setup.queries
+        db_labels, q_labels = np.asarray(setup.data.db_labels), np.asarray(
+            setup.data.query_labels)
+    else:
+        db, db_labels, queries, q_labels = split(setup, args.validation)
+    from genindex import IndexConfig
+
+    tuned = CONFIGS / f"{args.dataset}.json"
+    config_file = config_file or (str(tuned) if tuned.is_file() else None)
+    config = IndexConfig() if config_file is None else IndexConfig.from_json(
+        Path(config_file).read_text())
+    import faiss
+
+    flat = faiss.IndexFlatL2(db.shape[1])
+    flat.add(db)
+    exact, qps = timed(lambda q: flat.search(q, K)[1], queries)
+    print(f"{args.dataset}, split {args.validation}: {len(db)} database items, {len(queries)}"
+          f" queries, no labels in training; config {config_file or 'default'}", flush=True)
+    rows = [("exact (Faiss IndexFlatL2)", 0.0, *quality(exact, exact, db_labels, q_labels),
+             float(len(db)), qps)]
+    rows += faiss_rows(db, queries, exact, db_labels, q_labels)
+    rows += genindex_rows(db, queries, exact, db_labels, q_labels, args, config)
+    print("\n| method | build s | recall@10 vs exact | class P@1 | candidates | queries/s |\n"
+          "|---|---:|---:|---:|---:|---:|")
+    for name, built, recall, p1, candidates, qps in rows:
+        recall, p1 = (v if isinstance(v, str) else f"{v:.3f}" for v in (recall, p1))
+        shown = "" if math.isnan(candidates) else f"{candidates:.0f}"
+        print(f"| {name} | {built:.1f} | {recall} | {p1} | {shown} | {qps:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
