@@ -27,19 +27,19 @@ EXACT_NEIGHBORS = 20_000  # items up to which neighbours are mined exactly (O(n^
 NPROBE = 8  # lists each list's rows are searched in, of about sqrt(n) (its own included)
 CENTROID_SAMPLE = 64  # rows per list the lists' k-means is fit on
 KMEANS_ITERS = 10
-PROGRESS_FROM = 200_000  # rows from which the clustered search shows a progress bar
 
 
 class Partners:
     """Draws partners for the rows of ``x`` (n, d): same class, or nearest neighbours."""
 
-    def __init__(self, x: torch.Tensor, labels: torch.Tensor | None, neighbors: int) -> None:
+    def __init__(self, x: torch.Tensor, labels: torch.Tensor | None, neighbors: int,
+                 progress: bool = False) -> None:
         self.x, self.device = x, x.device
         self.k = min(neighbors, max(len(x) - 1, 1))
         self._knn: torch.Tensor | None = None  # every row's neighbours, once drawn for all
         self.labelled = labels is not None
         if labels is None:
-            self.neighbors = Neighbors(x, self.k)
+            self.neighbors = Neighbors(x, self.k, progress)
             return
         labels = self.labels = labels.to(self.device)
         self.order = torch.argsort(labels, stable=True)
@@ -93,9 +93,9 @@ class Neighbors:
     :data:`EXACT_NEIGHBORS` rows, above that by a clustered search (:func:`clustered_knn`)
     of every row at once, seeded, so a build gives the same neighbours every time."""
 
-    def __init__(self, x: torch.Tensor, k: int) -> None:
+    def __init__(self, x: torch.Tensor, k: int, progress: bool = False) -> None:
         self.x, self.k = x, k
-        self.knn = clustered_knn(x, k) if len(x) > EXACT_NEIGHBORS else None
+        self.knn = clustered_knn(x, k, progress=progress) if len(x) > EXACT_NEIGHBORS else None
 
     def __call__(self, rows: torch.Tensor) -> torch.Tensor:
         """Indices (len(rows), k), never the row itself."""
@@ -104,7 +104,8 @@ class Neighbors:
         return self.knn[rows.to(self.knn.device)]
 
 
-def clustered_knn(x: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
+def clustered_knn(x: torch.Tensor, k: int, seed: int = 0, progress: bool = False
+                  ) -> torch.Tensor:
     """Approximate ``k`` nearest other rows (n, k) of every row of ``x``, in matrix products.
 
     The rows are cut into about sqrt(n) k-means lists; each list is searched
@@ -125,8 +126,8 @@ def clustered_knn(x: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
     start = counts.cumsum(0) - counts
     members = [order[s:s + c] for s, c in zip(start.tolist(), counts.tolist())]
     out = torch.empty(len(x), k, dtype=torch.long, device=x.device)
-    for i in tqdm(range(lists), desc="neighbours", unit="list", leave=False,
-                  disable=len(x) < PROGRESS_FROM):
+    for i in tqdm(range(lists), desc="mine neighbours", unit="list", leave=False,
+                  disable=not progress):
         if len(members[i]):
             near = [i] + [j for j in probe[i].tolist() if j != i][:NPROBE - 1]
             out[members[i]] = _search_list(x, torch.cat([members[j] for j in near]),

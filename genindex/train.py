@@ -95,7 +95,7 @@ def train_models(inputs: torch.Tensor, labels: torch.Tensor | None, config: Inde
             tokenizer.set_novelty(vectors if held is None else vectors[held])
         tokenized = time.perf_counter()
         decoder = new_decoder(tokenizer, config).to(inputs.device)
-        partners = Partners(inputs, labels, config.decoder.neighbors)
+        partners = Partners(inputs, labels, config.decoder.neighbors, progress)
         decoder_stop = train_decoder(decoder, inputs, codes, partners, config, generator,
                                      progress, held)
         freeze(decoder)
