@@ -12,15 +12,12 @@ them for the items of each batch (:meth:`Partners.sample` with ``rows``).
 
 from __future__ import annotations
 
-import logging
 import math
 
 import torch
 from tqdm.auto import tqdm
 
 from .kmeans import assign, kmeans, squared_distances
-
-log = logging.getLogger(__name__)
 
 DISTANCE_BLOCK = 1 << 25  # distances per block in the neighbour search (128 MiB)
 EXACT_NEIGHBORS = 20_000  # items up to which neighbours are mined exactly (O(n^2))
