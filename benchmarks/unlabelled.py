@@ -121,8 +121,8 @@ def _spread(values: np.ndarray) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    prepare_arguments(parser, "an IndexConfig JSON file (default: configs/unlabelled/"
-                      "<dataset>.json, else the library's defaults)")
+    prepare_arguments(parser, "an IndexConfig JSON file, or 'default' for the library's "
+                      "defaults (default: configs/unlabelled/<dataset>.json if there is one)")
     parser.add_argument("--split", dest="validation", choices=("heldout", "val", "test"),
                         default="test", help="test: the reported queries; val: the data "
                         "set's validation split; heldout: database items as queries")
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tuned = CONFIGS / f"{args.dataset}.json"
     config_file = config_file or (str(tuned) if tuned.is_file() else None)
-    config = IndexConfig() if config_file is None else IndexConfig.from_json(
+    config = IndexConfig() if config_file in (None, "default") else IndexConfig.from_json(
         Path(config_file).read_text())
     import faiss
 
