@@ -43,6 +43,7 @@ from benchmarks import metrics  # noqa: E402
 from benchmarks.baselines import HNSW, IVFPQ  # noqa: E402
 from benchmarks.labelled import NCM  # noqa: E402
 from benchmarks.memory import GIB, status  # noqa: E402
+from benchmarks.unlabelled import timed  # noqa: E402
 from genindex import GenerativeIndex, IndexConfig  # noqa: E402
 
 K = 100  # results per query: MAP@100
@@ -98,12 +99,6 @@ class Scored:
                 f"{map_k:.1f} | {recall:.3f} |")
 
 
-def searched(search, queries) -> tuple[np.ndarray, float]:
-    start = time.perf_counter()
-    ids = search(queries)
-    return ids, len(queries) / (time.perf_counter() - start)
-
-
 def baseline_rows(db, db_labels, queries, scored: Scored) -> list[str]:
     import faiss
 
@@ -124,7 +119,7 @@ def baseline_rows(db, db_labels, queries, scored: Scored) -> list[str]:
         for arguments in settings:
             if arguments:
                 method.set_query_arguments(**arguments)
-            ids, qps = searched(lambda q, m=method: m.search(q, K), queries)
+            ids, qps = timed(lambda q, m=method: m.search(q, K), queries)
             shown = "".join(f", {key} {value}" for key, value in arguments.items())
             rows.append(scored.row(f"{name}{shown}", build, per_item, ids, qps))
             print(rows[-1], flush=True)
@@ -144,7 +139,7 @@ def genindex_rows(name: str, db, labels, queries, scored: Scored, config: IndexC
         per_item = (Path(folder) / "index.gidx").stat().st_size / len(db)
     rows = []
     for arguments in searches:
-        ids, qps = searched(lambda q, a=arguments: index.search(q, K, **a).ids, queries)
+        ids, qps = timed(lambda q, a=arguments: index.search(q, K, **a).ids, queries)
         shown = ", ".join(f"{key} {value}" for key, value in arguments.items())
         rows.append(scored.row(f"{name}, {shown}", build, per_item, ids, qps))
         print(rows[-1], flush=True)
