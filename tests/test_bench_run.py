@@ -66,7 +66,7 @@ def test_runner_rows_are_the_metrics_of_the_ids_each_method_returned(
         methods.insert(4, "diskann")
     out = tmp_path / "out"
     code = run.main(["--dataset", "digits", "--limit", "4", "--methods", ",".join(methods),
-                     "--backbone", "tiny-vit", "--seeds", "2",
+                     "--backbone", "tiny-vit", "--seeds", "2", "--wide",
                      "--config", str(tiny_config), "--beam-sizes", "1,4", "--out", str(out),
                      "--quiet"])
     assert code == 0
