@@ -25,27 +25,34 @@ def _shifted_distances(a: torch.Tensor, b: torch.Tensor, b_norms: torch.Tensor) 
     return torch.addmm(b_norms, a, b.T, alpha=-2)
 
 
-def assign(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def assign(x: torch.Tensor, centroids: torch.Tensor, dtype: torch.dtype | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(codes, distances)``: the nearest centroid of every row of ``x`` and the
-    squared distance to it."""
+    squared distance to it. ``dtype``: the precision of the distance product (None:
+    that of ``x``); bfloat16 is about 2.5x as fast where the CPU has it, picks
+    another centroid only where two are at almost the same distance, and gives the
+    distance as rounded."""
     codes, dists = [], []
     c_norm = (centroids * centroids).sum(1)
+    low = centroids if dtype is None else centroids.to(dtype)
     for chunk in x.split(_CHUNK):
-        dist, code = _shifted_distances(chunk, centroids, c_norm).min(dim=1)
+        rows = chunk if dtype is None else chunk.to(dtype)
+        dist, code = _shifted_distances(rows, low, c_norm.to(low.dtype)).min(dim=1)
         codes.append(code)
-        dists.append(dist.add_((chunk * chunk).sum(1)).clamp_min(0))
+        dists.append(dist.to(x.dtype).add_((chunk * chunk).sum(1)).clamp_min(0))
     if not codes:
         return x.new_zeros(0, dtype=torch.long), x.new_zeros(0)
     return torch.cat(codes), torch.cat(dists)
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator,
-           init: torch.Tensor | None = None) -> torch.Tensor:
+           init: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``k`` centroids of the rows of ``x`` (n, d), n >= k.
 
     Initialised on ``init`` (k, d) when given (a warm start), else on k distinct
     random rows; an emptied cluster is re-seeded on the point that is currently
-    worst served, so every centroid stays in use.
+    worst served, so every centroid stays in use. ``dtype``: that of the
+    assignments' distance products (:func:`assign`); the means are in ``x``'s.
     """
     n = len(x)
     if n < k:
@@ -55,7 +62,7 @@ def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator,
     centroids = (x[torch.randperm(len(x), generator=generator)[:k].to(x.device)].clone()
                  if init is None else init.detach().to(x.dtype).clone())
     for _ in range(iters):
-        codes, dists = assign(x, centroids)
+        codes, dists = assign(x, centroids, dtype)
         sums = torch.zeros_like(centroids).index_add_(0, codes, x)
         counts = torch.bincount(codes, minlength=k).to(x.dtype)
         filled = counts > 0

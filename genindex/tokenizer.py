@@ -57,9 +57,10 @@ class ResidualQuantizer(nn.Module):
 
     @torch.no_grad()
     def fit(self, f: torch.Tensor, iters: int, generator: torch.Generator,
-            warm: bool = False) -> None:
+            warm: bool = False, dtype: torch.dtype | None = None) -> None:
         """Set codebook m by k-means on the residuals left by codebooks < m, started from
-        the current codebooks when ``warm``."""
+        the current codebooks when ``warm``; ``dtype``: that of the distance products
+        (None: float32; see :func:`genindex.kmeans.assign`)."""
         residual = f.detach().float()
         for m in range(self.num_codebooks):
             if residual.abs().max() <= 1e-6 * f.abs().max():
@@ -68,8 +69,9 @@ class ResidualQuantizer(nn.Module):
                 self.codebooks[m:] = 0
                 return
             init = self.codebooks[m] if warm and self.codebooks[m].any() else None
-            self.codebooks[m] = kmeans(residual, self.codebook_size, iters, generator, init)
-            codes, _ = assign(residual, self.codebooks[m])
+            self.codebooks[m] = kmeans(residual, self.codebook_size, iters, generator, init,
+                                       dtype)
+            codes, _ = assign(residual, self.codebooks[m], dtype)
             residual = residual - self.codebooks[m][codes]
 
     @torch.no_grad()

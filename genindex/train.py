@@ -41,6 +41,7 @@ from .loop import (
     epoch_plan,
     num_epochs,
     train_loop,
+    training_dtype,
 )
 from .partners import Partners
 from .tokenizer import SemanticTokenizer, chunk_size
@@ -146,6 +147,9 @@ def train_tokenizer(x: torch.Tensor, labels: torch.Tensor | None, config: IndexC
         return tokenizer, Trained([], [])
     train = _complement(len(x), held, x.device)
     epochs = num_epochs(tc.epochs, tc.min_steps, len(train), tc.batch_size)
+    # the refits' distance products in the training precision, as the loss's own encoding
+    # under autocast; the final fit below, which sets the identifiers, is float32
+    refit_dtype = training_dtype(x.device, config.precision)
 
     def passes() -> Iterator[Iterator[torch.Tensor]]:
         for epoch in range(epochs):
@@ -157,7 +161,8 @@ def train_tokenizer(x: torch.Tensor, labels: torch.Tensor | None, config: IndexC
             # has no decay rate to tune and leaves no dead codes.
             if epoch % tc.refit_every == 0:
                 tokenizer.quantizer.fit(_f_cls(tokenizer, x), tc.refit_iters if epoch else
-                                        tc.kmeans_iters, generator, warm=epoch > 0)
+                                        tc.kmeans_iters, generator, warm=epoch > 0,
+                                        dtype=refit_dtype)
             yield (train[rows] for rows in batches(len(train), tc.batch_size, generator,
                                                    x.device))
 
