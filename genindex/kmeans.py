@@ -29,7 +29,7 @@ def assign(x: torch.Tensor, centroids: torch.Tensor, dtype: torch.dtype | None =
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(codes, distances)``: the nearest centroid of every row of ``x`` and the
     squared distance to it. ``dtype``: the precision of the distance product (None:
-    that of ``x``); bfloat16 is about 2.5x as fast where the CPU has it, picks
+    that of ``x``); bfloat16 is faster where the CPU computes it natively, picks
     another centroid only where two are at almost the same distance, and gives the
     distance as rounded."""
     codes, dists = [], []
