@@ -51,8 +51,10 @@ def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator,
 
     Initialised on ``init`` (k, d) when given (a warm start), else on k distinct
     random rows; an emptied cluster is re-seeded on the point that is currently
-    worst served, so every centroid stays in use. ``dtype``: that of the
-    assignments' distance products (:func:`assign`); the means are in ``x``'s.
+    worst served, so every centroid stays in use. It stops early at a fixed point
+    (as Faiss does): when no point changes cluster, the further iterations would
+    give the same centroids. ``dtype``: that of the assignments' distance products
+    (:func:`assign`); the means are in ``x``'s.
     """
     n = len(x)
     if n < k:
@@ -61,8 +63,11 @@ def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator,
         x = x[torch.randperm(n, generator=generator)[:k * MAX_POINTS_PER_CENTROID].to(x.device)]
     centroids = (x[torch.randperm(len(x), generator=generator)[:k].to(x.device)].clone()
                  if init is None else init.detach().to(x.dtype).clone())
+    previous = None  # the last iteration's codes, if it re-seeded no cluster
     for _ in range(iters):
         codes, dists = assign(x, centroids, dtype)
+        if previous is not None and torch.equal(codes, previous):
+            break  # the centroids are already the means of these clusters
         sums = torch.zeros_like(centroids).index_add_(0, codes, x)
         counts = torch.bincount(codes, minlength=k).to(x.dtype)
         filled = counts > 0
@@ -71,4 +76,5 @@ def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator,
         if len(empty):
             worst = dists.topk(len(empty)).indices
             centroids[empty] = x[worst]
+        previous = None if len(empty) else codes
     return centroids

@@ -103,6 +103,21 @@ def test_bfloat16_kmeans_quantizes_as_well_as_float32():
     assert errors[1] == pytest.approx(errors[0], rel=0.01)
 
 
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_kmeans_stops_at_a_fixed_point_with_the_centroids_of_every_further_iteration(dtype):
+    """Stopping once no point changes cluster returns what all iterations would: a
+    reference Lloyd loop run for every iteration gives the same centroids."""
+    x = torch.randn(600, 8, generator=torch.Generator().manual_seed(6))
+    fitted = kmeans(x, 16, 200, torch.Generator().manual_seed(1), dtype=dtype)
+    centroids = x[torch.randperm(600, generator=torch.Generator().manual_seed(1))[:16]]
+    for _ in range(200):  # the same start, no early stop (no cluster empties here)
+        codes = assign(x, centroids, dtype)[0]
+        counts = torch.bincount(codes, minlength=16)
+        assert bool((counts > 0).all())
+        centroids = torch.zeros_like(centroids).index_add_(0, codes, x) / counts[:, None]
+    assert torch.equal(fitted, centroids)
+
+
 def test_fitted_codebooks_reduce_the_error_at_every_level():
     generator = torch.Generator().manual_seed(0)
     f = torch.randn(2000, 8, generator=generator)
