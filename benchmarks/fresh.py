@@ -34,8 +34,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import metrics  # noqa: E402
+from benchmarks.common import prepare  # noqa: E402
 from benchmarks.rows import FreshRow, Metrics  # noqa: E402
-from benchmarks.run import prepare  # noqa: E402
 from genindex import GenerativeIndex, IndexConfig  # noqa: E402
 
 KS = (1, 3, 10)

@@ -90,7 +90,7 @@ class GenIndex(Method):
                  progress: bool = True, note: str | None = None,
                  label: str = "genindex", wide: dict[str, Any] | None = None) -> None:
         self.config, self.backbone, self.device = config, backbone, device
-        self.progress, self.note = progress, note
+        self.progress, self.note, self.label = progress, note, label
         self.rows = {label: {"order": "generative"},
                      f"{label}, metric order": {"order": "metric"},
                      f"{label}, semantic order": {"order": "semantic"}}
@@ -111,6 +111,18 @@ class GenIndex(Method):
         """Seconds of the build's phases, as the index recorded them."""
         history = self.index.history
         return f"tokenizer {history.tokenizer_s:.1f} s, decoder {history.decoder_s:.1f} s"
+
+    def f_cls(self, x: np.ndarray) -> np.ndarray:
+        """The built tokenizer's f_cls (n, dim) float32 of feature vectors ``x`` (an index
+        built on features, not images)."""
+        import torch
+
+        tokenizer = self.index._require_trained().tokenizer
+        device = next(tokenizer.parameters()).device
+        v = torch.from_numpy(np.ascontiguousarray(x, dtype="float32"))
+        with torch.no_grad():
+            return torch.cat([tokenizer.f_cls(chunk.to(device)).float().cpu()
+                              for chunk in v.split(4096)]).numpy()
 
     def set_query_arguments(self, beam_size: int | None = None, order: str = "generative",
                             k_factor: float | None = None) -> None:

@@ -147,6 +147,17 @@ class BeamRow:
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """Where a stored result comes from: the command that printed it, the commit it ran
+    at (``+changes`` when tracked files differed from it), the machine and the day."""
+
+    command: str
+    commit: str
+    machine: str
+    date: str
+
+
+@dataclass(frozen=True)
 class Result:
     """One run of benchmarks/run.py on one data set."""
 
@@ -158,10 +169,11 @@ class Result:
     split: str | None = None  # "test" (the reported queries) or "val" (the validation split)
     metric: str | None = None
     threads: int | None = None
-    date: str | None = None
     notes: dict[str, Any] = field(default_factory=dict)
     beam_sweep: tuple[BeamRow, ...] = ()
     ablations: dict[str, tuple[AblationRow, ...]] = field(default_factory=dict)
+    provenance: Provenance | None = None
+    kind: str = "run"
 
     def all_metrics(self) -> list[Metrics]:
         """The metrics of every method row and ablation row."""
@@ -187,10 +199,61 @@ class Result:
         ks = data.get("ks")
         return cls(**{
             **data, "ks": None if ks is None else tuple(ks),
+            "provenance": _provenance(data.get("provenance")),
             "rows": tuple(MethodRow.from_dict(row) for row in data.get("rows", ())),
             "beam_sweep": tuple(BeamRow.from_dict(row) for row in data.get("beam_sweep", ())),
             "ablations": {name: tuple(AblationRow.from_dict(row) for row in rows)
                           for name, rows in (data.get("ablations") or {}).items()}})
+
+
+@dataclass(frozen=True)
+class Table:
+    """One captioned table of a script that prints tables: its cells as printed, the
+    first ``text_columns`` of them text, the rest numbers."""
+
+    caption: str
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    text_columns: int = 1
+
+
+@dataclass(frozen=True)
+class TableSet:
+    """The tables one run of a measuring script printed (speed.py, scale.py,
+    unlabelled.py), with lines of text after them (``notes``) and the plots it wrote
+    beside its ``results.json``."""
+
+    title: str
+    tables: tuple[Table, ...] = ()
+    notes: tuple[str, ...] = ()
+    plots: tuple[str, ...] = ()
+    provenance: Provenance | None = None
+    kind: str = "tables"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> TableSet:
+        data = json.loads(text)
+        return cls(**{**data, "notes": tuple(data.get("notes", ())),
+                      "plots": tuple(data.get("plots", ())),
+                      "provenance": _provenance(data.get("provenance")),
+                      "tables": tuple(Table(**{**t, "header": tuple(t["header"]),
+                                               "rows": tuple(map(tuple, t["rows"]))})
+                                      for t in data.get("tables", ()))})
+
+
+def load(text: str) -> Result | TableSet:
+    """A stored ``results.json``: a run.py :class:`Result` or a :class:`TableSet`."""
+    kind = json.loads(text).get("kind", "run")
+    if kind not in ("run", "tables"):
+        raise ValueError(f"results.json: unknown kind {kind!r}")
+    return Result.from_json(text) if kind == "run" else TableSet.from_json(text)
+
+
+def _provenance(data: dict[str, Any] | None) -> Provenance | None:
+    return None if data is None else Provenance(**data)
 
 
 def present_ks(metrics: list[Metrics], name: str) -> list[int]:
@@ -199,4 +262,5 @@ def present_ks(metrics: list[Metrics], name: str) -> list[int]:
 
 
 __all__ = ["BEAM_TIMINGS", "FAMILIES", "AblationRow", "BeamRow", "FreshRow", "MethodRow",
-           "Metrics", "PRCurve", "Result", "mean_row", "present_ks"]
+           "Metrics", "PRCurve", "Provenance", "Result", "Table", "TableSet", "load",
+           "mean_row", "present_ks"]

@@ -16,9 +16,7 @@ reported as the mean [min, max]. Results go to ``--out`` (default
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,17 +26,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import datasets, metrics, report  # noqa: E402
+from benchmarks import datasets, embedding, metrics, provenance, report  # noqa: E402
 from benchmarks.baselines import HNSW, IVFPQ, DiskANN, ScaNN, ivfpq_nlist  # noqa: E402
+from benchmarks.common import Setup, prepare, split_list, timed  # noqa: E402
 from benchmarks.labelled import NCM, Classifier  # noqa: E402
-from benchmarks.methods import GenIndex, Linear, timed  # noqa: E402
+from benchmarks.methods import GenIndex, Linear  # noqa: E402
 from benchmarks.rows import AblationRow, MethodRow, Metrics, PRCurve, Result, mean_row  # noqa: E402
 from benchmarks.sweep import SWEEP_QUERIES, beam_sweep  # noqa: E402
 from genindex import IndexConfig  # noqa: E402
-from genindex.backbones import get_backbone  # noqa: E402
-from genindex.extract import extract_features, open_cache  # noqa: E402
 
-CONFIGS = Path(__file__).resolve().parent / "configs"
 K_PRECISION = {"inshop": (1, 10, 20, 30), "cub200": (1, 2, 4, 8), "cars196": (1, 2, 4, 8),
                "fashion-mnist": (1, 3, 10, 20, 50, 100)}  # to K = 100: the paper's Fig. 6
 DEFAULT_K = (1, 3, 10)
@@ -54,7 +50,7 @@ FT_METHODS = ("linear", "ivfpq", "hnsw", "scann", "ncm")
 # 89.8 with 128, in 105 s instead of 169 s).
 FT_PRESETS = {"fashion-mnist": {"batch_size": 512}}
 # With --wide, an extra semantic-order row over more candidates, chosen on --split val by
-# benchmarks/k_factor.py (docs/benchmarks.md): emoji, beam 1,000 and the top 1,000 ranked.
+# benchmarks/studies/k_factor.py (docs/benchmarks.md): emoji, beam 1,000 and the top 1,000 ranked.
 # Not in the default run: it tied the default row on the reported queries and its
 # searches took about 5 of the main job's 22 minutes (2026-12-04).
 SEMANTIC_CANDIDATES = {"emoji": {"beam_size": 1000, "k_factor": 10.0}}
@@ -101,7 +97,7 @@ def parse_args(argv):
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     for name, known in (("methods", METHODS), ("ablation", ABLATIONS)):
-        unknown = sorted(set(_split(getattr(args, name))) - set(known))
+        unknown = sorted(set(split_list(getattr(args, name))) - set(known))
         if unknown:
             parser.error(f"--{name}: unknown {unknown}; known: {', '.join(known)}")
     if args.seeds < 1:
@@ -109,82 +105,6 @@ def parse_args(argv):
     if args.ft_batch_size is not None and args.ft_batch_size < 1:
         parser.error(f"--ft-batch-size must be at least 1, got {args.ft_batch_size}")
     return args
-
-
-def _split(text: str) -> list[str]:
-    return [part for part in text.split(",") if part]
-
-
-def genindex_config(choice: str | None, dataset: str) -> tuple[IndexConfig | None, str]:
-    """One genindex config and its name: a file, 'default', or (None) the data set's own
-    tuned file where there is one, else the defaults."""
-    tuned = CONFIGS / f"{dataset}.json"
-    if choice == "default" or (choice is None and not tuned.exists()):
-        return None, "default"
-    path, name = (tuned, f"benchmarks/configs/{tuned.name}") if choice is None \
-        else (Path(choice), choice)
-    if not path.is_file():
-        raise SystemExit(f"run.py: error: --config {choice}: no such file")
-    return IndexConfig.from_json(path.read_text()), name
-
-
-def genindex_configs(choice: str | None, dataset: str) -> list[tuple[IndexConfig | None, str]]:
-    """Every genindex config to run: those named (comma-separated), or the data set's
-    ``<dataset>.json`` and ``<dataset>-*.json`` files, or the defaults."""
-    if choice is not None:
-        return [genindex_config(part, dataset) for part in _split(choice)]
-    files = [CONFIGS / f"{dataset}.json"] + sorted(CONFIGS.glob(f"{dataset}-*.json"))
-    found = [str(path) for path in files if path.is_file()]
-    return [(IndexConfig.from_json(Path(path).read_text()),
-             f"benchmarks/configs/{Path(path).name}") for path in found] or [(None, "default")]
-
-
-class Setup(NamedTuple):
-    """What every runner starts from: the genindex configs, the data and its features."""
-
-    configs: list[tuple[IndexConfig | None, str]]
-    data: datasets.Dataset
-    backbone: Any
-    db: np.ndarray
-    queries: np.ndarray
-
-    @property
-    def config(self) -> IndexConfig | None:
-        """The first config (the runners that build one index use it)."""
-        return self.configs[0][0]
-
-    @property
-    def config_name(self) -> str:
-        return self.configs[0][1]
-
-
-def prepare_arguments(parser: argparse.ArgumentParser, config_help: str) -> None:
-    """The options :func:`prepare` reads, for the runners that build one index."""
-    parser.add_argument("--dataset", required=True, help=f"one of {datasets.names()}")
-    parser.add_argument("--data-root", help="where the data set lives or is fetched to")
-    parser.add_argument("--limit", type=int, help="keep only the first N classes")
-    parser.add_argument("--backbone", default="efficientnet-lite0")
-    parser.add_argument("--config", help=config_help)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads")
-
-
-def prepare(args) -> Setup:
-    """The runners' common start: logging, threads, configs, data set, backbone, features.
-    ``args`` has dataset, data_root, limit, backbone, config, device, threads and quiet,
-    and may have split and query_vendor."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    configs = genindex_configs(args.config, args.dataset)
-    options = {"query_vendor": args.query_vendor} if getattr(args, "query_vendor", None) \
-        else {}
-    data = datasets.load(args.dataset, args.data_root, args.limit,
-                         split=getattr(args, "split", "test"), **options)
-    backbone = get_backbone(args.backbone).to(args.device)
-    db, queries = features(data, backbone, args.backbone, device=args.device,
-                           progress=not args.quiet)
-    return Setup(configs, data, backbone, db, queries)
 
 
 class Built(NamedTuple):
@@ -249,45 +169,48 @@ def exact_recall(ids: np.ndarray, exact: np.ndarray, k: int = EXACT_K) -> float:
                           for row, truth in zip(ids, exact)]))
 
 
-def features(data: datasets.Dataset, backbone, backbone_name: str, *, device: str = "cpu",
-             progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Database and query features through genindex's feature cache, as float32."""
-    cache = open_cache(backbone, None)
-    (db, queries), embed_s = timed(lambda: [
-        extract_features(backbone, images, cache=cache, device=torch.device(device),
-                         progress=progress)
-        for images in (data.db_images, data.query_images)])
-    print(f"{data.name}: {len(db)} database items, {len(queries)} queries, "
-          f"{len(np.unique(data.db_labels))} classes; {backbone_name} features in "
-          f"{embed_s:.1f} s (cache: {cache.folder if cache else 'off'})", flush=True)
-    return np.asarray(db, dtype="float32"), np.asarray(queries, dtype="float32")
-
-
 def run_methods(args, setup: Setup, db, queries, names, metric, ks, label, classifier=None):
     """Fit and search each method; its result rows (genindex: one per order, from one
-    built index; each the mean over its seeds) and the first genindex method built."""
+    built index, and the f_cls rows of that build; each the mean over its seeds) and the
+    first genindex method built."""
     rows, genindex, data = {}, None, setup.data
     exact = Linear(metric)
     exact.fit(db, data.db_labels)
-    exact_ids = exact.search(queries, EXACT_K)
+    context = (queries, data, ks, exact.search(queries, EXACT_K))
     for built in make_methods(names, args, metric, len(db), setup, classifier):
         method = built.method
         _, build_s = timed(method.fit, db, data.db_labels, images=data.db_images)
-        size = method.nbytes()  # one built index, whatever its query arguments
-        phases = f" ({method.phases()})" if hasattr(method, "phases") else ""
-        for name, arguments in getattr(method, "rows", {method.name: {}}).items():
-            method.set_query_arguments(**arguments)
-            row, _ = measure(method, name, label, queries, data, ks, exact_ids, build_s, size)
-            rows.setdefault(name, []).append((row, built.seed))
-            seed = "" if built.seed is None else f", seed {built.seed}"
-            print(f"{name} ({label}{seed}): built in {build_s:.1f} s{phases}, "
-                  f"{row.qps:.0f} queries/s, P@1 {row.metrics.precision.get(1, np.nan):.3f}",
-                  flush=True)
-        method.set_query_arguments()
+        measure_rows(method, built.seed, build_s, label, context, rows)
+        if isinstance(method, GenIndex) and method.backbone is None:
+            suffix = "" if len(setup.configs) == 1 else f" ({method.label})"
+            for ablation in embedding.methods(method, suffix):
+                _, fit_s = timed(ablation.fit, db, data.db_labels)
+                if isinstance(ablation.inner, HNSW):
+                    embedding.choose_ef_search(ablation, db)
+                measure_rows(ablation, built.seed, method.index.history.tokenizer_s + fit_s,
+                             label, context, rows)
         if isinstance(method, GenIndex) and genindex is None:
             genindex = method
     return [runs[0][0] if len(runs) == 1 else mean_row([row for row, _ in runs])
             for runs in rows.values()], genindex
+
+
+def measure_rows(method, seed: int | None, build_s: float, label: str, context, rows) -> None:
+    """Measure every row of one built method (its ``rows`` of query arguments, or its
+    current ones) and add them to ``rows`` by name; ``context``: queries, data, ks and
+    the exact ids."""
+    size = method.nbytes()  # one built index, whatever its query arguments
+    phases = f" ({method.phases()})" if hasattr(method, "phases") else ""
+    for name, arguments in getattr(method, "rows", {method.name: None}).items():
+        if arguments is not None:
+            method.set_query_arguments(**arguments)
+        row, _ = measure(method, name, label, *context, build_s, size)
+        rows.setdefault(name, []).append((row, seed))
+        print(f"{name} ({label}{'' if seed is None else f', seed {seed}'}): built in "
+              f"{build_s:.1f} s{phases}, {row.qps:.0f} queries/s, "
+              f"P@1 {row.metrics.precision.get(1, np.nan):.3f}", flush=True)
+    if hasattr(method, "rows"):
+        method.set_query_arguments()
 
 
 def measure(method, name: str, label: str, queries, data, ks, exact_ids, build_s: float,
@@ -321,7 +244,7 @@ def run_ablations(args, setup: Setup, ks) -> dict[str, tuple[AblationRow, ...]]:
     from benchmarks import ablations
 
     out, data = {}, setup.data
-    for name in _split(args.ablation):
+    for name in split_list(args.ablation):
         if name == "fresh":
             from benchmarks import fresh
 
@@ -363,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     data, db, queries = setup.data, setup.db, setup.queries
     metric = args.metric or ("cosine" if setup.backbone.spec()["kind"] == "open_clip" else "l2")
     ks = K_PRECISION.get(args.dataset, DEFAULT_K)
-    names = _split(args.methods)
+    names = split_list(args.methods)
     ft_names = [] if args.no_ft else [name for name in names if name in FT_METHODS]
     ft = fine_tuned(args, data, db) if ft_names or "classifier" in names else None
     rows, genindex = run_methods(args, setup, db, queries, names, metric, ks, args.backbone,
@@ -371,8 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     if ft_names:
         rows += run_methods(args, setup, ft.embed(db), ft.embed(queries), ft_names, "cosine",
                             ks, f"{args.backbone} FT")[0]
-    threads, date = torch.get_num_threads(), time.strftime("%Y-%m-%d")
-    beams = [int(b) for b in _split(args.beam_sizes)]
+    threads = torch.get_num_threads()
+    beams = [int(b) for b in split_list(args.beam_sizes)]
     sweep_ks = tuple(k for k in ks if k <= 10)
     swept = replace(data, query_images=data.query_images[:SWEEP_QUERIES],
                     query_labels=data.query_labels[:SWEEP_QUERIES])
@@ -381,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         lambda ids: evaluate(ids, swept, sweep_ks, map_k=10))
     result = Result(dataset=args.dataset, rows=tuple(rows), database=len(db),
                     queries=len(queries), ks=tuple(ks), metric=metric, threads=threads,
-                    date=date, notes=data.notes, beam_sweep=tuple(sweep), split=args.split,
+                    provenance=provenance.here(threads=threads), notes=data.notes,
+                    beam_sweep=tuple(sweep), split=args.split,
                     ablations=run_ablations(args, setup, ks) if args.ablation else {})
     default_out = Path("results") / (args.dataset + ("-val" if args.split == "val" else ""))
     write(result, args.out or default_out)

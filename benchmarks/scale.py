@@ -2,7 +2,7 @@
 
     python benchmarks/scale.py [--items 1000000] [--classes 10000] [--dim 128]
         [--config benchmarks/configs/scale.json] [--no-unlabelled]
-        [--unlabelled-config benchmarks/configs/unlabelled/scale.json]
+        [--unlabelled-config benchmarks/configs/unlabelled/scale.json] [--out results/scale]
 
 The data (generated, deterministic, seed 0): ``--classes`` classes in groups of
 10 that share a centre (so classes of one group are easily confused), class
@@ -39,18 +39,19 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import metrics  # noqa: E402
+from benchmarks import metrics, provenance, report  # noqa: E402
 from benchmarks.baselines import HNSW, IVFPQ  # noqa: E402
+from benchmarks.common import GIB, status  # noqa: E402
 from benchmarks.labelled import NCM  # noqa: E402
-from benchmarks.memory import GIB, status  # noqa: E402
-from benchmarks.unlabelled import timed  # noqa: E402
+from benchmarks.rows import Table, TableSet  # noqa: E402
+from benchmarks.unlabelled import throughput  # noqa: E402
 from genindex import GenerativeIndex, IndexConfig  # noqa: E402
 
 K = 100  # results per query: MAP@100
 GROUP = 10  # classes per shared group centre
 NOISE = 1.2  # item noise, set so that exact search's P@1 is about 0.65 (this script prints it)
-HEADER = ("| method | build s | bytes per item | queries/s | P@1 | MAP@100 | recall@10 vs exact "
-          "|\n|---|---|---:|---:|---:|---:|---:|")
+HEADER = ("method", "build s", "bytes per item", "queries/s", "P@1", "MAP@100",
+          "recall@10 vs exact")
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
@@ -91,15 +92,17 @@ class Scored:
         self.exact_bytes = db.shape[1] * 4
         self.db_labels, self.q_labels = db_labels, q_labels
 
-    def row(self, name: str, build: str, per_item: float, ids: np.ndarray, qps: float) -> str:
+    def row(self, name: str, build: str, per_item: float, ids: np.ndarray,
+            qps: float) -> tuple[str, ...]:
+        """A table row's cells."""
         p1, _, map_k = metrics.headline(ids, self.db_labels, self.q_labels, K)
         recall = np.mean([len(np.intersect1d(a[:10], b[:10])) / 10
                           for a, b in zip(ids, self.exact)])
-        return (f"| {name} | {build} | {per_item:.1f} | {qps:,.0f} | {p1:.1f} | "
-                f"{map_k:.1f} | {recall:.3f} |")
+        return (name, build, f"{per_item:.1f}", f"{qps:,.0f}", f"{p1:.1f}", f"{map_k:.1f}",
+                f"{recall:.3f}")
 
 
-def baseline_rows(db, db_labels, queries, scored: Scored) -> list[str]:
+def baseline_rows(db, db_labels, queries, scored: Scored) -> list[tuple[str, ...]]:
     import faiss
 
     rows = [scored.row("exact (Faiss IndexFlatL2)", "0", scored.exact_bytes, scored.exact,
@@ -119,15 +122,15 @@ def baseline_rows(db, db_labels, queries, scored: Scored) -> list[str]:
         for arguments in settings:
             if arguments:
                 method.set_query_arguments(**arguments)
-            ids, qps = timed(lambda q, m=method: m.search(q, K), queries)
+            ids, qps = throughput(lambda q, m=method: m.search(q, K), queries)
             shown = "".join(f", {key} {value}" for key, value in arguments.items())
             rows.append(scored.row(f"{name}{shown}", build, per_item, ids, qps))
-            print(rows[-1], flush=True)
+            print(" | ".join(rows[-1]), flush=True)
     return rows
 
 
 def genindex_rows(name: str, db, labels, queries, scored: Scored, config: IndexConfig,
-                  searches: list[dict]) -> list[str]:
+                  searches: list[dict]) -> list[tuple[str, ...]]:
     start = time.perf_counter()
     index = GenerativeIndex.fit(db, labels, config, progress=True)
     total = time.perf_counter() - start
@@ -139,10 +142,10 @@ def genindex_rows(name: str, db, labels, queries, scored: Scored, config: IndexC
         per_item = (Path(folder) / "index.gidx").stat().st_size / len(db)
     rows = []
     for arguments in searches:
-        ids, qps = timed(lambda q, a=arguments: index.search(q, K, **a).ids, queries)
+        ids, qps = throughput(lambda q, a=arguments: index.search(q, K, **a).ids, queries)
         shown = ", ".join(f"{key} {value}" for key, value in arguments.items())
         rows.append(scored.row(f"{name}, {shown}", build, per_item, ids, qps))
-        print(rows[-1], flush=True)
+        print(" | ".join(rows[-1]), flush=True)
     return rows
 
 
@@ -155,16 +158,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unlabelled-config", type=Path,
                         default=CONFIGS / "unlabelled" / "scale.json")
     parser.add_argument("--no-unlabelled", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("results/scale"),
+                        help="where results.json goes")
     args = parser.parse_args(argv)
     import torch
 
     started = time.perf_counter()
     db, db_labels, queries, q_labels = make_data(args.items, args.classes, args.dim)
     sizes = np.bincount(db_labels)
-    print(f"{torch.get_num_threads()} threads; {len(db):,} items of {args.classes:,} classes "
-          f"(sizes {sizes.min()} to {sizes.max()}, median {np.median(sizes):.0f}), d "
-          f"{args.dim}, {len(queries):,} queries; made in {time.perf_counter() - started:.0f}"
-          f" s\n\n{HEADER}", flush=True)
+    caption = (f"{len(db):,} items of {args.classes:,} classes (sizes {sizes.min()} to "
+               f"{sizes.max()}, median {np.median(sizes):.0f}), d {args.dim}, {len(queries):,} "
+               f"queries, {torch.get_num_threads()} threads")
+    print(f"{caption}; made in {time.perf_counter() - started:.0f} s\n\n"
+          + " | ".join(HEADER), flush=True)
     scored = Scored(db, db_labels, queries, q_labels)
     rows = baseline_rows(db, db_labels, queries, scored)
     config = IndexConfig.from_json(args.config.read_text())
@@ -175,9 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         unlabelled = IndexConfig.from_json(args.unlabelled_config.read_text())
         rows += genindex_rows("genindex, no labels", db, None, queries, scored, unlabelled,
                               [{"order": "metric", "beam_size": 30, "k_factor": 3.0}])
-    print(f"\n{HEADER}\n" + "\n".join(rows))
-    print(f"\npeak resident memory {status('VmHWM') / GIB:.2f} GiB; whole run "
-          f"{(time.perf_counter() - started) / 60:.0f} min")
+    note = (f"Peak resident memory {status('VmHWM') / GIB:.2f} GiB; whole run "
+            f"{(time.perf_counter() - started) / 60:.0f} min.")
+    report.write_table_set(TableSet(f"{len(db):,} items, trained from scratch",
+                                    (Table(caption, HEADER, tuple(rows)),), (note,),
+                                    provenance=provenance.here(threads=torch.get_num_threads())),
+                           args.out)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Search speed: flat in the database size, against Faiss, against a naive decoder loop.
 
 One index is trained on 10,000 labelled synthetic vectors (1,000 classes of 10,
-Gaussian around random centres, as in benchmarks/synthetic.py); vectors of new
+Gaussian around random centres, as in benchmarks/studies/synthetic.py); vectors of new
 classes are then added to reach each database size N. At each N the same 256
 held-out queries (k=10, beam 10) go to the GenerativeIndex (features given),
 to exact Faiss flat search and to Faiss IVF-PQ, on the same threads. Then:
@@ -15,7 +15,7 @@ to exact Faiss flat search and to Faiss IVF-PQ, on the same threads. Then:
 Every ratio compares timings of this run (median of ``--repeats``): the
 machine may be shared, so absolute numbers mean little.
 
-    python benchmarks/speed.py [--threads 2] [--quick] [--repeats 3] [--plot PATH]
+    python benchmarks/speed.py [--threads 2] [--quick] [--repeats 3] [--out results/speed]
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import provenance, report  # noqa: E402
+from benchmarks.rows import Table, TableSet  # noqa: E402
 from genindex import DecoderConfig, GenerativeIndex, IndexConfig, TokenizerConfig  # noqa: E402
 from genindex.beam import TIMED_PARTS, beam_search, top_items  # noqa: E402
 from genindex.decoder import Decoder  # noqa: E402
@@ -263,7 +265,8 @@ def beam_rows(index: GenerativeIndex, queries: np.ndarray, repeats: int) -> list
     return rows
 
 
-def plot_beams(rows: list[dict], path: Path, title: str) -> None:
+def plot_beams(rows: list[dict], path: Path, title: str) -> bool:
+    """Plot the beam rows to ``path``; False where matplotlib is missing."""
     try:
         import matplotlib
 
@@ -271,7 +274,7 @@ def plot_beams(rows: list[dict], path: Path, title: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         print("(no plot: pip install matplotlib)")
-        return
+        return False
     labels = {"encoder": "encoder", "decoder": "decoder", "mask": "validity check (trie)",
               "select": "beam selection", "items": "leaf expansion"}
     figure, axis = plt.subplots(figsize=(6, 4))
@@ -291,35 +294,38 @@ def plot_beams(rows: list[dict], path: Path, title: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
     print(f"plot: {path}")
+    return True
 
 
 # ----------------------------------------------------------------------- main
-def report(args, train_s: float, rows: list[dict], naive: dict[str, dict],
-           beams: list[dict]) -> bool:
+def tables(args, train_s: float, rows: list[dict], naive: dict[str, dict],
+           beams: list[dict]) -> tuple[list[Table], list[tuple[str, bool]]]:
+    """The run's three tables and its checks (each a claim and whether it held)."""
     base, last, paper = rows[0], rows[-1], naive["paper"]
-    print(f"\nspeed: d={args.dim}, threads={args.threads}, device=cpu, torch {torch.__version__}, "
-          f"faiss {faiss_module().__version__}; {QUERIES} queries, k={K}, beam {BEAM}; "
-          f"index trained on {CLASSES * PER_CLASS:,} labelled vectors in {train_s:.0f} s")
-    print(f"{'N':>10s} {'genindex s':>10s} {'flat s':>8s} {'IVF-PQ s':>9s} {'flat/gen':>9s} "
-          f"{'gen/gen10k':>10s} {'mask %':>7s} {'B/item RAM':>10s} {'B/item disk':>11s} "
-          f"{'IVF-PQ B/item':>13s}")
-    for r in rows:
-        print(f"{r['n']:>10,d} {r['gen']:10.3f} {r['flat']:8.3f} {r['pq']:9.3f} "
-              f"{r['flat'] / r['gen']:9.2f} {r['gen'] / base['gen']:10.2f} "
-              f"{100 * r['mask']:7.1f} {r['mem']:10.1f} {r['disk']:11.1f} {r['pq_bytes']:13.1f}")
-    print(f"\nnaive loop vs batched search, decoder 12 x 768, beam 30 (seconds per query; "
-          f"naive on {paper['naive_count']} queries, batched on {paper['count']})")
-    print(f"{'memory':>22s} {'naive':>7s} {'batched':>8s} {'speed-up':>8s} {'bfloat16':>9s} "
-          f"{'speed-up':>8s} {'same scores':>11s} {'mask %':>7s}")
-    for name, r in (("197 tokens (paper)", paper), ("1 token (vectors)", naive["vectors"])):
-        print(f"{name:>22s} {r['naive']:7.3f} {r['fast']:8.4f} {r['naive'] / r['fast']:7.1f}x "
-              f"{r['bf16']:9.4f} {r['naive'] / r['bf16']:7.1f}x {100 * r['agree']:10.0f}% "
-              f"{100 * r['mask']:7.1f}")
-    print(f"\n{'beam':>5s} {'queries/s':>10s} "
-          + " ".join(f"{p + ' ms':>11s}" for p in TIMED_PARTS))
-    for r in beams:
-        print(f"{r['beam']:>5d} {r['qps']:10.1f} " + " ".join(f"{1000 * r[p]:11.3f}"
-                                                               for p in TIMED_PARTS))
+    sizes = Table(
+        f"Search time by database size N: {QUERIES} queries, k={K}, beam {BEAM}, d={args.dim}, "
+        f"{args.threads} threads; index trained on {CLASSES * PER_CLASS:,} labelled vectors in "
+        f"{train_s:.0f} s (seconds: median of the run's repeats)",
+        ("N", "genindex s", "flat s", "IVF-PQ s", "flat/gen", "gen/gen10k", "mask %",
+         "B/item RAM", "B/item disk", "IVF-PQ B/item"),
+        tuple((f"{r['n']:,}", f"{r['gen']:.3f}", f"{r['flat']:.3f}", f"{r['pq']:.3f}",
+               f"{r['flat'] / r['gen']:.2f}", f"{r['gen'] / base['gen']:.2f}",
+               f"{100 * r['mask']:.1f}", f"{r['mem']:.1f}", f"{r['disk']:.1f}",
+               f"{r['pq_bytes']:.1f}") for r in rows))
+    loop = Table(
+        f"Naive decoder loop against the batched search, decoder 12 x 768, beam 30 (seconds "
+        f"per query; naive on {paper['naive_count']} queries, batched on {paper['count']})",
+        ("memory", "naive", "batched", "speed-up", "bfloat16", "speed-up", "same scores %",
+         "mask %"),
+        tuple((name, f"{r['naive']:.3f}", f"{r['fast']:.4f}", f"{r['naive'] / r['fast']:.1f}x",
+               f"{r['bf16']:.4f}", f"{r['naive'] / r['bf16']:.1f}x", f"{100 * r['agree']:.0f}",
+               f"{100 * r['mask']:.1f}")
+              for name, r in (("197 tokens (paper)", paper), ("1 token (vectors)",
+                                                            naive["vectors"]))))
+    parts = Table("Throughput by beam size, milliseconds per query by part (paper Fig. 5)",
+                  ("beam", "queries/s") + tuple(f"{p} ms" for p in TIMED_PARTS),
+                  tuple((str(r["beam"]), f"{r['qps']:.1f}")
+                        + tuple(f"{1000 * r[p]:.3f}" for p in TIMED_PARTS) for r in beams))
     checks = [
         (f"search time at N={last['n']:,} <= 1.5 x N={base['n']:,}",
          last["gen"] <= 1.5 * base["gen"]),
@@ -332,10 +338,7 @@ def report(args, train_s: float, rows: list[dict], naive: dict[str, dict],
         (f"bytes per item on disk at N={last['n']:,} <= 2 x IVF-PQ's",
          last["disk"] <= 2 * last["pq_bytes"]),
     ]
-    print()
-    for name, ok in checks:
-        print(f"[{'ok' if ok else 'FAIL'}] {name}")
-    return all(ok for _, ok in checks)
+    return [sizes, loop, parts], checks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -346,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="timed runs (median)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: N up to 100k, fewer queries for the naive loop")
-    parser.add_argument("--plot", type=Path, default=Path("docs/speed_beams.png"))
+    parser.add_argument("--out", type=Path, default=Path("results/speed"),
+                        help="where results.json and the beam plot go")
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 3)
     torch.set_num_threads(args.threads)
@@ -365,9 +369,16 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [10_000, 30_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
     rows = size_rows(index, xb, queries, sizes, repeats)
     beams = beam_rows(index, queries[:100], repeats)
-    plot_beams(beams, args.plot, f"GenerativeIndex search by part: {index.ntotal:,} items, "
-               f"decoder 3 x 256,\n100 queries, {args.threads} CPU thread(s)")
-    return 0 if report(args, train_s, rows, naive, beams) else 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    plotted = plot_beams(beams, args.out / "speed_beams.png",
+                         f"GenerativeIndex search by part: {index.ntotal:,} items, "
+                         f"decoder 3 x 256,\n100 queries, {args.threads} CPU thread(s)")
+    found, checks = tables(args, train_s, rows, naive, beams)
+    notes = tuple(f"- [{'ok' if ok else 'FAIL'}] {name}" for name, ok in checks)
+    report.write_table_set(TableSet("Search speed", tuple(found), notes,
+                                    ("speed_beams.png",) if plotted else (),
+                                    provenance.here(threads=args.threads)), args.out)
+    return 0 if all(ok for _, ok in checks) else 1
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from genindex.extract import extract_features
+from genindex.inputs import extract_features
 
 from .methods import GenIndex
 from .rows import BeamRow, Metrics

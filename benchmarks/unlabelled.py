@@ -1,7 +1,7 @@
 """The unlabelled path: an index trained without labels beside Faiss, as ANN search.
 
     python benchmarks/unlabelled.py --dataset emoji [--split val] [--config FILE]
-        [--beam-sizes 10,30,100] [--k-factors 1,3,10] [--seeds 3]
+        [--beam-sizes 10,30,100] [--k-factors 1,3,10] [--seeds 3] [--out DIR]
 
 The config is ``--config``'s file, else ``benchmarks/configs/unlabelled/<dataset>.json``
 where there is one (emoji: M 1, L 256 and a one-block decoder, chosen on emoji's
@@ -29,12 +29,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import metrics  # noqa: E402
-from benchmarks.k_factor import split  # noqa: E402
-from benchmarks.run import prepare, prepare_arguments  # noqa: E402
+from benchmarks import metrics, provenance, report  # noqa: E402
+from benchmarks.common import prepare, prepare_arguments, validation_split  # noqa: E402
+from benchmarks.rows import Table, TableSet  # noqa: E402
 from genindex import GenerativeIndex  # noqa: E402
 
 K = 10  # recall@10 against exact search
@@ -51,7 +52,7 @@ def quality(ids: np.ndarray, exact: np.ndarray, db_labels, q_labels) -> tuple[fl
     return float(recall), float(hits[:, 0].mean())
 
 
-def timed(search, queries: np.ndarray) -> tuple[np.ndarray, float]:
+def throughput(search, queries: np.ndarray) -> tuple[np.ndarray, float]:
     """Result ids of ``search(queries)`` and queries/s of that call."""
     start = time.perf_counter()
     ids = search(queries)
@@ -71,7 +72,7 @@ def faiss_rows(db: np.ndarray, queries: np.ndarray, exact, db_labels, q_labels) 
     built = time.perf_counter() - start
     for nprobe in NPROBES:
         ivf.nprobe = nprobe
-        ids, qps = timed(lambda q: ivf.search(q, K)[1], queries)
+        ids, qps = throughput(lambda q: ivf.search(q, K)[1], queries)
         rows.append((f"Faiss IVF-Flat ({nlist} lists), nprobe {nprobe}", built,
                      *quality(ids, exact, db_labels, q_labels), len(db) * nprobe / nlist, qps))
     hnsw = faiss.IndexHNSWFlat(db.shape[1], 32)
@@ -80,7 +81,7 @@ def faiss_rows(db: np.ndarray, queries: np.ndarray, exact, db_labels, q_labels) 
     built = time.perf_counter() - start
     for ef in EF_SEARCHES:
         hnsw.hnsw.efSearch = ef
-        ids, qps = timed(lambda q: hnsw.search(q, K)[1], queries)
+        ids, qps = throughput(lambda q: hnsw.search(q, K)[1], queries)
         rows.append((f"Faiss HNSW (M 32), efSearch {ef}", built,
                      *quality(ids, exact, db_labels, q_labels), float("nan"), qps))
     return rows
@@ -101,7 +102,7 @@ def genindex_rows(db, queries, exact, db_labels, q_labels, args, config) -> list
         print(f"seed {seed}: built in {builds[-1]:.1f} s (tokenizer {history.tokenizer_s:.1f}"
               f" s, decoder {history.decoder_s:.1f} s)", flush=True)
         for beam, factor in settings:
-            ids, qps = timed(lambda q, i=index, b=beam, f=factor: i.search(
+            ids, qps = throughput(lambda q, i=index, b=beam, f=factor: i.search(
                 q, K, beam_size=b, order="metric", k_factor=f).ids, queries)
             measured.setdefault((beam, factor), []).append(
                 (*quality(ids, exact, db_labels, q_labels), qps))
@@ -130,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k-factors", default="1,3,10")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--out", type=Path, help="where results.json goes (default "
+                        "results/unlabelled-<dataset>[-<split>])")
     args = parser.parse_args(argv)
     args.split = "val" if args.validation == "val" else "test"
     config_file, args.config = args.config, None  # no dataset's tuned (labelled) config
@@ -139,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         db_labels, q_labels = np.asarray(setup.data.db_labels), np.asarray(
             setup.data.query_labels)
     else:
-        db, db_labels, queries, q_labels = split(setup, args.validation)
+        db, db_labels, queries, q_labels = validation_split(setup, args.validation)
     from genindex import IndexConfig
 
     tuned = CONFIGS / f"{args.dataset}.json"
@@ -150,19 +153,27 @@ def main(argv: list[str] | None = None) -> int:
 
     flat = faiss.IndexFlatL2(db.shape[1])
     flat.add(db)
-    exact, qps = timed(lambda q: flat.search(q, K)[1], queries)
+    exact, qps = throughput(lambda q: flat.search(q, K)[1], queries)
     print(f"{args.dataset}, split {args.validation}: {len(db)} database items, {len(queries)}"
           f" queries, no labels in training; config {config_file or 'default'}", flush=True)
     rows = [("exact (Faiss IndexFlatL2)", 0.0, *quality(exact, exact, db_labels, q_labels),
              float(len(db)), qps)]
     rows += faiss_rows(db, queries, exact, db_labels, q_labels)
     rows += genindex_rows(db, queries, exact, db_labels, q_labels, args, config)
-    print("\n| method | build s | recall@10 vs exact | class P@1 | candidates | queries/s |\n"
-          "|---|---:|---:|---:|---:|---:|")
+    body = []
     for name, built, recall, p1, candidates, qps in rows:
         recall, p1 = (v if isinstance(v, str) else f"{v:.3f}" for v in (recall, p1))
-        shown = "" if math.isnan(candidates) else f"{candidates:.0f}"
-        print(f"| {name} | {built:.1f} | {recall} | {p1} | {shown} | {qps:.0f} |")
+        body.append((name, f"{built:.1f}", recall, p1,
+                     "" if math.isnan(candidates) else f"{candidates:.0f}", f"{qps:.0f}"))
+    table = Table(f"{args.dataset}, split {args.validation}: {len(db)} database items, "
+                  f"{len(queries)} queries, no labels in training; config "
+                  f"{config_file or 'default'}; genindex: mean [min, max] over {args.seeds} "
+                  "seeds", ("method", "build s", "recall@10 vs exact", "class P@1",
+                            "candidates", "queries/s"), tuple(body))
+    suffix = "" if args.validation == "test" else f"-{args.validation}"
+    report.write_table_set(TableSet(f"Unlabelled training on {args.dataset}", (table,),
+                                    provenance=provenance.here(threads=torch.get_num_threads())),
+                           args.out or Path("results") / f"unlabelled-{args.dataset}{suffix}")
     return 0
 
 

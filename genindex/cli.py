@@ -30,13 +30,14 @@ from .cli_inputs import (
     check_out,
     expand_images,
     label_kind,
+    positive_int,
     read_config,
     read_ids,
     read_items,
     read_vectors,
 )
 from .config import PRESETS
-from .extract import extract_sharded, open_cache
+from .inputs import extract_sharded, open_cache
 
 log = logging.getLogger("genindex")
 
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--device", help="where to run: cpu, cuda, cuda:1 "
                         "(default: CUDA when present)")
-    common.add_argument("--threads", type=_positive, help="CPU threads for PyTorch")
+    common.add_argument("--threads", type=positive_int, help="CPU threads for PyTorch")
     common.add_argument("--json", action="store_true", help="print the result as JSON")
     common.add_argument("-q", "--quiet", action="store_true",
                         help="no progress bars or log messages")
@@ -130,7 +131,7 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("queries", nargs="*", metavar="QUERY",
                    help="query image files or folders (their images, sorted)")
     p.add_argument("--vectors", metavar="Q.npy", help="query vectors (n, d) instead of images")
-    p.add_argument("-k", type=_positive, default=10, help="results per query (default 10)")
+    p.add_argument("-k", type=positive_int, default=10, help="results per query (default 10)")
     _search_options(p)
     _image_args(p)
 
@@ -163,7 +164,7 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db-labels", required=True, metavar="FILE|DIR",
                    help="the indexed items' labels, row i for item id i: build's --labels "
                    "file, or its --images folder if it was built with --labels-from-dirs")
-    p.add_argument("-k", type=_positive, nargs="+", default=[1, 10, 100], metavar="K",
+    p.add_argument("-k", type=positive_int, nargs="+", default=[1, 10, 100], metavar="K",
                    help="cut-offs for precision@K, recall@K and MAP@K (default 1 10 100)")
     _search_options(p)
     _image_args(p)
@@ -176,7 +177,8 @@ def _source_args(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def _search_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--beam-size", type=_positive, help="beams kept per step (default max(k, 10))")
+    p.add_argument("--beam-size", type=positive_int,
+                   help="beams kept per step (default max(k, 10))")
     p.add_argument("--order", choices=("metric", "generative", "semantic"),
                    help="rank by exact distance (default), by identifier log-probability "
                    "or by the cosine of the tokenizer's f_cls")
@@ -357,16 +359,6 @@ def _emit(args: argparse.Namespace, result: dict, text: str) -> None:
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, allow_nan=False))
 
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 class Command(NamedTuple):

@@ -3,7 +3,7 @@
 Label files (``--labels``, ``--db-labels``):
 
 * ``.npy``: a 1-D array, one label per row of the vectors, or per image of
-  the folder in sorted order (the order :mod:`genindex.images` lists them);
+  the folder in sorted order (the order :mod:`genindex.inputs` lists them);
 * ``.csv``: a header row with a ``label`` column and, optionally, a ``path``
   (or ``file``, ``image``, ``filename``) column; with paths, the images are
   those files (under the ``--images`` folder; a leading ``/`` too, unless the
@@ -17,6 +17,7 @@ Labels that all parse as integers are integers; otherwise they are strings.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 
 from .config import PRESETS, IndexConfig
 from .container import check_target
-from .images import image_files
+from .inputs import image_files
 
 _PATH_COLUMNS = ("path", "file", "image", "filename")
 
@@ -81,7 +82,7 @@ def read_label_file(path: str, option: str = "--labels") -> LabelFile:
 
 
 def list_images(folder: str, option: str = "--images") -> list[Path]:
-    """The images under ``folder``, recursively, sorted (as genindex.images does)."""
+    """The images under ``folder``, recursively, sorted (as genindex.inputs does)."""
     if not Path(folder).is_dir():
         raise ValueError(f"{option} {folder}: not a folder")
     return image_files(Path(folder))
@@ -226,3 +227,14 @@ def _aligned(labels: np.ndarray, n: int, option: str, what: str) -> np.ndarray:
 
 def _reason(error: Exception) -> str:
     return getattr(error, "strerror", None) or str(error)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a positive integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value

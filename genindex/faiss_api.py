@@ -312,12 +312,6 @@ class FaissMethods:
         return index.to(device)
 
     # ---------------------------------------------------------- pickling
-    def __reduce__(self):
-        """Pickle and ``copy.deepcopy`` through the one-file format: the bytes of an
-        index file, checked on the way back; no pickled Python object inside."""
-        return (_unpickle, (self._to_bytes(), str(self.device), self.cache_dir, self.cache,
-                            self.verbose))
-
     def _to_bytes(self) -> bytes:
         """The index as the bytes of its index file."""
         with self._lock:
@@ -348,14 +342,3 @@ def _same_weights(a: Any, b: Any) -> bool:
                 torch.equal(first[k].cpu(), second[k].cpu()) for k in first):
             return False
     return True
-
-
-def _unpickle(blob: bytes, device: str, cache_dir: Any, cache: bool, verbose: bool):
-    from .index import GenerativeIndex
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        log.warning("unpickling an index that was on %s: no CUDA here, so on the CPU", device)
-        device = "cpu"
-    index = GenerativeIndex._from_bytes(blob, device, cache_dir, cache)
-    index.verbose = verbose
-    return index

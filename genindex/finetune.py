@@ -26,7 +26,7 @@ from . import checks
 from .backbones import Backbone, get_backbone
 from .cache import FeatureCache
 from .config import PRECISIONS
-from .extract import model_inputs, open_cache
+from .inputs import model_inputs, open_cache
 from .loop import Objective, batches, epoch_plan, train_loop
 from .tokenizer import CosineClassifier
 

@@ -12,7 +12,7 @@ cosines, descending. ``I`` (n, k) int64 is ``-1``
 past the results (``D``: :data:`genindex.beam.PADDING`). Ids are positions,
 renumbered by ``remove_ids`` (``faiss.IndexFlat``), or with ``id_map=True``
 those given (``faiss.IndexIDMap2``). With a backbone, data is images
-(:mod:`genindex.images`) or, unless end to end, the backbone's features.
+(:mod:`genindex.inputs`) or, unless end to end, the backbone's features.
 
 Every bad argument is refused with a ValueError or TypeError that names it,
 before anything changes: a failed call leaves the index as it was.
@@ -35,7 +35,7 @@ from .cache import FeatureCache
 from .checks import NotTrainedError, default_device
 from .config import IndexConfig
 from .decoder import Decoder
-from .extract import model_inputs, open_cache
+from .inputs import ModelInputs, model_inputs, open_cache
 from .refresh import RefreshHistory, refresh
 from .snapshot import NO_IDS, Snapshot
 from .tokenizer import SemanticTokenizer
@@ -49,13 +49,6 @@ class SearchResult(NamedTuple):
 
     scores: np.ndarray  # (n, k) float32 log-probability of each result's identifier
     ids: np.ndarray  # (n, k) int64 item ids, -1 where there is no result
-
-
-class _Inputs(NamedTuple):
-    """A batch as the models take it, and its feature vectors where known."""
-
-    tensor: torch.Tensor  # (n, d) vectors, or (n, 3, S, S) uint8 pixels end to end
-    vectors: np.ndarray | None  # (n, d) float32; None for pixels until embedded
 
 
 class GenerativeIndex(faiss_api.FaissMethods):
@@ -331,6 +324,12 @@ class GenerativeIndex(faiss_api.FaissMethods):
         """Whether pixels go through fine-tuned backbones (else: frozen features)."""
         return self.backbone is not None and self.config.end_to_end
 
+    def __reduce__(self):
+        """Pickle and ``copy.deepcopy`` through the one-file format: the bytes of an
+        index file, checked on the way back; no pickled Python object inside."""
+        return (_unpickle, (self._to_bytes(), str(self.device), self.cache_dir, self.cache,
+                            self.verbose))
+
     def __copy__(self) -> GenerativeIndex:
         """A cheap copy sharing the immutable snapshot: updating one leaves the other alone
         (but ``to`` moves the shared models of both)."""
@@ -344,15 +343,14 @@ class GenerativeIndex(faiss_api.FaissMethods):
         return f"GenerativeIndex(d={self.d}, ntotal={self.ntotal}, is_trained={self.is_trained})"
 
     # --------------------------------------------------------------- private
-    def _inputs(self, x: Any, progress: bool) -> _Inputs:
-        """Images or vectors in, what the models take out (see _Inputs)."""
+    def _inputs(self, x: Any, progress: bool) -> ModelInputs:
+        """Images or vectors in, what the models take out (see ModelInputs)."""
         if self._cache is None and self.backbone is not None and self.cache:
             self._cache = open_cache(self.backbone, self.cache_dir)
-        return _Inputs(*model_inputs(x, d=self.d, backbone=self.backbone,
-                                     pixels=self.end_to_end, cache=self._cache,
-                                     device=self.device, progress=progress))
+        return model_inputs(x, d=self.d, backbone=self.backbone, pixels=self.end_to_end,
+                            cache=self._cache, device=self.device, progress=progress)
 
-    def _train(self, inputs: _Inputs, labels: Any, progress: bool) -> Models:
+    def _train(self, inputs: ModelInputs, labels: Any, progress: bool) -> Models:
         n = len(inputs.tensor)
         y = None if labels is None else checks.as_labels(labels, n)
         if n < 2:
@@ -369,7 +367,7 @@ class GenerativeIndex(faiss_api.FaissMethods):
             self.history, self._refreshes = models.history, 0
         return models
 
-    def _insert(self, inputs: _Inputs, ids: np.ndarray) -> None:
+    def _insert(self, inputs: ModelInputs, ids: np.ndarray) -> None:
         """Encode and insert checked items as fresh ones (the caller holds the lock)."""
         state = self._state
         with torch.inference_mode():
@@ -387,3 +385,12 @@ class GenerativeIndex(faiss_api.FaissMethods):
             raise NotTrainedError()
         return state
 
+
+def _unpickle(blob: bytes, device: str, cache_dir: Any, cache: bool,
+              verbose: bool) -> GenerativeIndex:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        log.warning("unpickling an index that was on %s: no CUDA here, so on the CPU", device)
+        device = "cpu"
+    index = GenerativeIndex._from_bytes(blob, device, cache_dir, cache)
+    index.verbose = verbose
+    return index

@@ -2,8 +2,8 @@
 
 On CPU, ONNX Runtime runs EfficientNet-Lite0 at about four times torch's
 images/s (its depthwise convolutions are where torch is slow;
-``benchmarks/extract_speed.py`` measures both). :func:`feature_function` gives
-the function :func:`genindex.extract.extract_features` calls on each batch of
+``benchmarks/studies/extract_speed.py`` measures both). :func:`feature_function` gives
+the function :func:`genindex.inputs.extract_features` calls on each batch of
 uint8 pixels: a session of the backbone exported to ONNX (in memory, once per
 process and backbone weights) when the backbone allows it
 (``Backbone.onnx_export``), the device is the CPU, ``onnx`` and

@@ -7,7 +7,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from benchmarks import ablations, metrics, run
+from benchmarks import ablations, common, metrics, run
 from benchmarks.datasets import digits  # noqa: F401  (registers the loader)
 from benchmarks.rows import Result
 from genindex import IndexConfig
@@ -48,7 +48,12 @@ def _by_hand(ids, db_labels, query_labels, ks=(1, 3, 10), mrr_ks=(1, 2, 4, 8), m
 def test_runner_rows_are_the_metrics_of_the_ids_each_method_returned(
         tiny_vit, tiny_config, tmp_path, monkeypatch):
     pytest.importorskip("sklearn")
-    monkeypatch.setattr(run, "get_backbone", lambda name: tiny_vit)
+    monkeypatch.setattr(common, "get_backbone", lambda name: tiny_vit)
+    built = []  # the genindex methods whose f_cls the f_cls rows search
+    methods_of = run.embedding.methods
+    monkeypatch.setattr(run.embedding, "methods",
+                        lambda genindex, suffix="": built.append(genindex) or
+                        methods_of(genindex, suffix))
     returned = []  # (row name, backbone label, ids) of every search the runner measured
     measure = run.measure
 
@@ -85,6 +90,11 @@ def test_runner_rows_are_the_metrics_of_the_ids_each_method_returned(
                                                 "genindex, feature ids, semantic order, "
                                                 "beam 8, k_factor 2"]
     assert all(row.seeds == 2 for row in genindex)
+    # the decoder's ablation: the same builds' f_cls, searched flat, by HNSW and by ncm
+    fcls = {row.method: row for row in result.rows if "f_cls" in row.method}
+    assert list(fcls) == ["f_cls exact scan", "f_cls HNSW", "ncm on f_cls"]
+    assert all(row.seeds == 2 and row.backbone == "tiny-vit" for row in fcls.values())
+    assert fcls["f_cls HNSW"].note.startswith("efSearch ")
     linear_ids = {label: ids for name, label, ids in returned if name == "linear"}
     for row in result.rows:
         runs = [ids for name, label, ids in returned if (name, label) == (row.method,
@@ -116,11 +126,19 @@ def test_runner_rows_are_the_metrics_of_the_ids_each_method_returned(
 
     # linear scan's ids are exact L2 search over the same features, here by numpy in
     # float64 (Faiss computes in float32, so near-ties may order differently)
-    db, queries = run.features(data, tiny_vit, "tiny-vit", progress=False)
+    db, queries = common.features(data, tiny_vit, "tiny-vit", progress=False)
     dist = ((queries[:, None].astype(np.float64) - db[None]) ** 2).sum(-1)
     truth = np.argsort(dist, axis=1, kind="stable")[:, :10]
     agree = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(linear_ids["tiny-vit"], truth)])
     assert agree > 0.98
+    # each seed's f_cls exact scan: cosine search of that seed's own tokenizer's f_cls
+    scans = [ids for name, label, ids in returned if name == "f_cls exact scan"]
+    assert len(built) == len(scans) == 2 and built[0].config.seed != built[1].config.seed
+    for genindex, ids in zip(built, scans):
+        f_db, f_q = (f / np.linalg.norm(f, axis=1, keepdims=True)
+                     for f in (genindex.f_cls(db), genindex.f_cls(queries)))
+        truth = np.argsort(-(f_q.astype(np.float64) @ f_db.T), axis=1, kind="stable")[:, :10]
+        assert np.mean([len(set(a[:10]) & set(b)) / 10 for a, b in zip(ids, truth)]) > 0.98
 
     sweep = result.beam_sweep
     assert [r.beam_size for r in sweep] == [1, 4]
@@ -166,7 +184,7 @@ def test_identifier_ablation_variants_return_valid_ids(data):
 
 
 def test_run_reads_a_data_sets_tuned_config_unless_told_otherwise(tmp_path):
-    from benchmarks.run import genindex_config
+    from benchmarks.common import genindex_config
 
     config, name = genindex_config(None, "emoji")
     assert name == "benchmarks/configs/emoji.json"
@@ -250,7 +268,7 @@ def test_fresh_split_holds_out_whole_classes_and_half_of_the_others(new_classes)
 
 
 def test_curves_settings_change_one_field_each():
-    from benchmarks.curves import changed
+    from benchmarks.studies.curves import changed
     from genindex import IndexConfig
 
     config = changed(IndexConfig(), ["decoder.n_layer=2", "tokenizer.patience=0",
@@ -289,7 +307,7 @@ def test_fresh_unseen_measures_by_hand():
 
 
 def test_novelty_auroc_against_hand_computed_values():
-    from benchmarks.novelty import auroc
+    from benchmarks.studies.novelty import auroc
     novel = np.array([True, True, False, False])
     # novel items should score low: all below the known ones is perfect separation
     assert auroc(np.array([0.1, 0.2, 0.8, 0.9]), novel) == pytest.approx(1.0)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from benchmarks import datasets
 from benchmarks.datasets import DataUnavailable, fashion_mnist
-from genindex.images import image_refs
+from genindex.inputs import image_refs
 
 
 def touch(path):

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from genindex import GenerativeIndex, IndexFormatError, container
-from genindex import extract as extract_module
+from genindex import inputs as inputs_module
 from genindex.backbones import BackboneUnavailable, get_backbone, saved_backbone
 from genindex.cache import FeatureCache
-from genindex.extract import extract_features
+from genindex.inputs import extract_features
 
 from .helpers import TINY, resign
 
@@ -74,7 +74,7 @@ def test_feature_cache_is_reused_and_an_interrupted_run_resumes(tiny_vit, images
 
     fail_after = [3]
     monkeypatch.setattr(type(tiny_vit), "_forward", counting)
-    monkeypatch.setattr(extract_module, "_SHARD", 8)
+    monkeypatch.setattr(inputs_module, "_SHARD", 8)
     cache = FeatureCache(tiny_vit.cache_key(), tmp_path)
     with pytest.raises(KeyboardInterrupt):
         extract_features(tiny_vit, paths, cache=cache, device=torch.device("cpu"),

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from genindex import runtime
-from genindex.extract import extract_features
+from genindex.inputs import extract_features
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")

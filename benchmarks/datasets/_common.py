@@ -16,7 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from genindex.cache import default_cache_dir
-from genindex.images import IMAGE_SUFFIXES
+from genindex.inputs import IMAGE_SUFFIXES
 
 from . import DataUnavailable
 

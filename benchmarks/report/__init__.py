@@ -7,9 +7,13 @@ prints, no global state, the input is never changed) and deterministic.
 Metric values are fractions in [0, 1] and are printed as percentages with one
 decimal, as in the paper; a metric a row lacks prints as "–". A table or plot
 whose data is absent altogether is left out.
+
+``render`` (:mod:`.pages`) turns stored runs into the docs' results pages.
 """
 
-from .plots import plots
-from .tables import DASH, markdown
+from .pages import page, render, write_table_set
+from .plots import plot_files, plots
+from .tables import DASH, markdown, table_set_markdown
 
-__all__ = ["DASH", "markdown", "plots"]
+__all__ = ["DASH", "markdown", "page", "plot_files", "plots", "render", "table_set_markdown",
+           "write_table_set"]

@@ -20,7 +20,29 @@ def plots(result: Result, out_dir: Path | str) -> list[Path]:
     decoder and trie-check seconds stacked per beam size, with queries/s on a second
     axis (Fig. 5).
     """
-    rows, out_dir, name = list(result.rows), Path(out_dir), result.dataset
+    out_dir, planned = Path(out_dir), _planned(result)
+    figure_class = _figure_class() if planned else None
+    written = []
+    for filename, draw, data, titles in planned:
+        lines = len(data) if isinstance(data, list) else 0
+        figure = figure_class(figsize=(6.4, 4.4 + LEGEND_ROW_INCHES * lines),
+                              dpi=100, layout="constrained")
+        draw(figure, data, *titles)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / filename
+        figure.savefig(path, format="png", metadata={"Software": None})
+        written.append(path)
+    return written
+
+
+def plot_files(result: Result) -> list[str]:
+    """The file names :func:`plots` writes for ``result``, in its order (nothing drawn)."""
+    return [filename for filename, *_ in _planned(result)]
+
+
+def _planned(result: Result) -> list[tuple]:
+    """``(file name, draw, data, titles)`` of each figure ``result`` has data for."""
+    rows, name = list(result.rows), result.dataset
     mrr_ks = present_ks([row.metrics for row in rows], "mrr")
     planned = [
         ("precision_at_k.png", _draw_at_k, _at_k_series(rows, "precision", result.column_ks()),
@@ -31,20 +53,7 @@ def plots(result: Result, out_dir: Path | str) -> list[Path]:
         ("beam_sweep.png", _draw_sweep, _sweep_data(result.sorted_sweep()),
          (f"Beam-search speed on {name}",)),
     ]
-    figure_class = _figure_class() if any(data for _, _, data, _ in planned) else None
-    written = []
-    for filename, draw, data, titles in planned:
-        if not data:
-            continue
-        lines = len(data) if isinstance(data, list) else 0
-        figure = figure_class(figsize=(6.4, 4.4 + LEGEND_ROW_INCHES * lines),
-                              dpi=100, layout="constrained")
-        draw(figure, data, *titles)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / filename
-        figure.savefig(path, format="png", metadata={"Software": None})
-        written.append(path)
-    return written
+    return [entry for entry in planned if entry[2]]
 
 
 def _legend_below(axes) -> None:

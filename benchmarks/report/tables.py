@@ -5,7 +5,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from ..rows import BEAM_TIMINGS, FAMILIES, AblationRow, MethodRow, Metrics, Result, present_ks
+from ..rows import (
+    BEAM_TIMINGS,
+    FAMILIES,
+    AblationRow,
+    MethodRow,
+    Metrics,
+    Result,
+    TableSet,
+    present_ks,
+)
 
 DASH = "–"
 _PREFIX = dict((name, prefix) for prefix, name in FAMILIES)
@@ -48,6 +57,13 @@ def markdown(result: Result) -> str:
     if result.beam_sweep:
         blocks.append(_beam_table(result))
     return "\n\n".join(b for b in blocks if b) + "\n"
+
+
+def table_set_markdown(tables: TableSet) -> str:
+    """The tables of a measuring script, each under its caption, then its notes."""
+    blocks = [_table(table.caption, list(table.header), [list(row) for row in table.rows],
+                     table.text_columns, every=True) for table in tables.tables]
+    return "\n\n".join([b for b in blocks if b] + list(tables.notes)) + "\n"
 
 
 def columns(name: str, ks: Sequence[int]) -> list[Column]:
@@ -101,11 +117,13 @@ def _beam_table(result: Result) -> str:
 
 
 def _table(caption: str, header: list[str], body: list[list[str]], text_columns: int,
-           text_last: bool = False) -> str:
-    """A captioned Markdown table, or "" when every number cell is absent. The first
-    ``text_columns`` columns (and the last, with ``text_last``) hold text, the rest numbers."""
+           text_last: bool = False, every: bool = False) -> str:
+    """A captioned Markdown table, or "" when every number cell is absent (``every``:
+    shown all the same). The first ``text_columns`` columns (and the last, with
+    ``text_last``) hold text, the rest numbers."""
     numbers_end = len(header) - text_last
-    if not body or all(cell == DASH for row in body for cell in row[text_columns:numbers_end]):
+    if not body or not every and all(cell == DASH for row in body
+                                     for cell in row[text_columns:numbers_end]):
         return ""
     align = ["---:" if text_columns <= i < numbers_end else "---" for i in range(len(header))]
     lines = [caption, "", _line(header), _line(align)] + [_line(row) for row in body]

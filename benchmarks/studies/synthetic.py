@@ -6,7 +6,7 @@ own centre, noise chosen so that exact linear scan gets precision@1 between
 queries. A default-config GenerativeIndex is trained on the database (with its
 labels) and both methods answer the same queries.
 
-    python benchmarks/synthetic.py [--threads 2] [--seed 0] [--device cpu] [--config C.json]
+    python benchmarks/studies/synthetic.py [--threads 2] [--seed 0] [--device cpu] [--config C.json]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.metrics import precision_at_k, recall_at_k, relevance  # noqa: E402
 from genindex import GenerativeIndex, IndexConfig  # noqa: E402

@@ -1,6 +1,6 @@
 """Config variants of genindex on one data set's cached features: what moves quality.
 
-    python benchmarks/variants.py --dataset emoji VARIANTS.jsonl
+    python benchmarks/studies/variants.py --dataset emoji VARIANTS.jsonl
 
 Each line of VARIANTS.jsonl is a JSON object: ``name``, optional ``memory``
 (what the decoder reads: ``"x"`` the backbone feature, as the index does, or
@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks import datasets, metrics  # noqa: E402
-from benchmarks.run import features  # noqa: E402
+from benchmarks.common import features  # noqa: E402
 from genindex import IndexConfig  # noqa: E402
 from genindex.backbones import get_backbone  # noqa: E402
 from genindex.beam import beam_search, top_items  # noqa: E402

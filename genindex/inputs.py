@@ -1,7 +1,11 @@
-"""Image inputs in every form the index takes, and batched feature extraction.
+"""What a user passes, to what a model reads: the one room of the input path.
 
-Accepted wherever the index takes data: a file path, a folder (its images,
-sorted, recursively), a PIL image, a ``uint8`` ``H x W x C`` array, a
+:func:`model_inputs` is the entry: feature vectors of dimension d pass through
+(checked, never copied unless read-only); images become the backbone's global
+features through the feature cache, or uint8 pixels for end-to-end models.
+
+Images are accepted wherever the index takes data: a file path, a folder (its
+images, sorted, recursively), a PIL image, a ``uint8`` ``H x W x C`` array, a
 ``C x H x W`` tensor (uint8, or float in [0, 1]), or a list of any of these; a
 4-D array or tensor is a batch. Transparent images are composited on white.
 """
@@ -13,13 +17,100 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import checks, distributed
+from .backbones import Backbone
+from .cache import FeatureCache
+from .runtime import feature_function
+
+_SHARD = 1024  # images per cache shard: an interruption loses at most this many
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+class ModelInputs(NamedTuple):
+    """A batch as the models take it, and its feature vectors where known."""
+
+    tensor: torch.Tensor  # (n, d) vectors, or (n, 3, S, S) uint8 pixels end to end
+    vectors: np.ndarray | None  # (n, d) float32; None for pixels until embedded
+
+
+def model_inputs(x, *, d: int, backbone: Backbone | None, pixels: bool,
+                 cache: FeatureCache | None, device: torch.device,
+                 progress: bool) -> ModelInputs:
+    """What a model takes, and the feature vectors where known.
+
+    Images become cached global features, or uint8 pixels when ``pixels`` (end
+    to end; vectors are then None); vectors of dimension d pass through.
+    """
+    if backbone is not None and looks_like_images(x):
+        if pixels:
+            return ModelInputs(load_pixels(backbone, x, progress=progress).to(device), None)
+        vectors = extract_features(backbone, x, cache=cache, device=device, progress=progress)
+        return ModelInputs(torch.from_numpy(vectors).to(device), vectors)
+    if pixels:
+        raise ValueError("this model is end to end: it reads images (paths, PIL images, "
+                         "arrays), not feature vectors")
+    vectors = checks.as_vectors(x, d)
+    tensor = torch.from_numpy(vectors if vectors.flags.writeable else vectors.copy())
+    return ModelInputs(tensor.to(device), vectors)
+
+
+@torch.inference_mode()
+def extract_features(backbone: Backbone, images, *, cache: FeatureCache | None,
+                     device: torch.device, batch_size: int = 64,
+                     progress: bool = True) -> np.ndarray:
+    """Global features (n, feature_dim) float32 of ``images``, through ``cache``."""
+    refs = image_refs(images)
+    out = np.empty((len(refs), backbone.feature_dim), np.float32)
+    cached = cache.get([ref.key for ref in refs]) if cache is not None else [None] * len(refs)
+    missing = [i for i, feature in enumerate(cached) if feature is None]
+    for i, feature in enumerate(cached):
+        if feature is not None:
+            out[i] = feature
+    backbone.eval()
+    embed = feature_function(backbone, device) if missing else None
+    pending: list[int] = []
+    for start, pixels in pixel_batches([refs[i] for i in missing], backbone.preprocess,
+                                       batch_size, progress, desc="features"):
+        rows = missing[start:start + len(pixels)]
+        out[rows] = embed(pixels)
+        pending.extend(rows)
+        if cache is not None and (len(pending) >= _SHARD or rows[-1] == missing[-1]):
+            cache.put([refs[i].key for i in pending], out[pending])
+            pending = []
+    if not np.isfinite(out).all():
+        raise ValueError("the backbone produced NaN or Inf features")
+    return out
+
+
+def load_pixels(backbone: Backbone, images, *, batch_size: int = 256,
+                progress: bool = True) -> torch.Tensor:
+    """Preprocessed uint8 pixels (n, 3, S, S) of ``images`` for end-to-end mode."""
+    refs = image_refs(images)
+    batches = [pixels for _, pixels in pixel_batches(refs, backbone.preprocess, batch_size,
+                                                     progress, desc="images")]
+    return torch.cat(batches)
+
+
+def open_cache(backbone: Backbone, cache_dir: str | os.PathLike | None = None) -> FeatureCache:
+    """The feature cache of ``backbone``, under ``cache_dir`` (default: the user's
+    cache folder, see :func:`genindex.cache.default_cache_dir`)."""
+    return FeatureCache(backbone.cache_key(), cache_dir)
+
+
+def extract_sharded(backbone: Backbone, paths: Sequence[Path], *, cache: FeatureCache,
+                    device: torch.device, progress: bool = True) -> None:
+    """Under ``torchrun``: every rank embeds its share of the images into the shared
+    ``cache``, then waits for the others, so that each rank then reads them all."""
+    mine = [paths[i] for i in distributed.split_range(len(paths))]
+    if mine:
+        extract_features(backbone, mine, cache=cache, device=device, progress=progress)
+    distributed.barrier()
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Neighbour mining for unlabelled training: exact search against the clustered search, one run.
 
-    python benchmarks/mining.py [--sizes 20000,100000] [--dim 256] [--neighbors 10]
+    python benchmarks/studies/mining.py [--sizes 20000,100000] [--dim 256] [--neighbors 10]
 
 Without labels, the decoder's training partners are each item's nearest
 neighbours (``genindex.partners``). For each size, clustered vectors (a
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from genindex import partners  # noqa: E402
 from genindex.partners import Neighbors, nearest_neighbors  # noqa: E402

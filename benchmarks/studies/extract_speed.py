@@ -1,6 +1,6 @@
 """Feature extraction speed: images/s of torch's forward and of ONNX Runtime, one run.
 
-    python benchmarks/extract_speed.py [--images 1024] [--batch-size 64]
+    python benchmarks/studies/extract_speed.py [--images 1024] [--batch-size 64]
 
 Embeds the first ``--images`` emoji database images with EfficientNet-Lite0,
 without the feature cache, once through the backbone's torch forward
@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks import datasets  # noqa: E402
 from genindex.backbones import get_backbone  # noqa: E402
-from genindex.extract import extract_features  # noqa: E402
+from genindex.inputs import extract_features  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

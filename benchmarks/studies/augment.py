@@ -1,6 +1,6 @@
 """Training on augmented views of the database images, measured on a validation split.
 
-    python benchmarks/augment.py --dataset emoji [--views 2] [--config FILE]
+    python benchmarks/studies/augment.py --dataset emoji [--views 2] [--config FILE]
 
 Issue 16's lever "training pairs drawn by query augmentation". On the data
 set's validation split (emoji: Apple queries against Twitter + Facebook; the
@@ -31,15 +31,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks import metrics  # noqa: E402
-from benchmarks.run import FT_PRESETS, prepare, prepare_arguments  # noqa: E402
+from benchmarks.common import prepare, prepare_arguments  # noqa: E402
+from benchmarks.run import FT_PRESETS  # noqa: E402
 from genindex import GenerativeIndex  # noqa: E402
 from genindex.cache import default_cache_dir  # noqa: E402
-from genindex.extract import extract_features  # noqa: E402
 from genindex.finetune import FineTuneConfig, finetune  # noqa: E402
-from genindex.images import image_refs, to_rgb  # noqa: E402
+from genindex.inputs import extract_features, image_refs, to_rgb  # noqa: E402
 
 K = 100  # results per query: MAP@100, as the tables
 CHUNK = 512  # images augmented and embedded at a time (bounds the PIL images held)

@@ -1,6 +1,6 @@
 """Per-item RAM and disk of an index holding many added items, and what that makes of 1B.
 
-    python benchmarks/memory.py [--items 10000000] [--chunk 500000] [--dim 256]
+    python benchmarks/studies/memory.py [--items 10000000] [--chunk 500000] [--dim 256]
 
 The index of ``benchmarks/speed.py`` (trained on 10,000 labelled synthetic
 vectors, the default CPU config with fewer epochs) is built with
@@ -23,20 +23,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from benchmarks.common import GIB, status  # noqa: E402
 from benchmarks.speed import CLASSES, CONFIG, PER_CLASS, around, centres, extra_vectors  # noqa: E402
 from genindex import GenerativeIndex  # noqa: E402
-
-GIB = 1 << 30
-
-
-def status(field: str) -> int:
-    """A ``/proc/self/status`` memory field (VmRSS, VmHWM) in bytes."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise SystemExit(f"benchmarks/memory.py reads /proc/self/status (Linux): no {field}")
 
 
 def main(argv: list[str] | None = None) -> int:

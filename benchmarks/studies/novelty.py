@@ -1,6 +1,6 @@
 """How well a score tells an unseen class's item from a new item of a seen class.
 
-    python benchmarks/novelty.py --dataset emoji --quiet [--new-classes 0.2]
+    python benchmarks/studies/novelty.py --dataset emoji --quiet [--new-classes 0.2]
 
 The split is ``benchmarks/fresh.py``'s with ``--new-classes`` (default 0.2):
 the class-identifier tokenizer of the dataset's config is trained on the old
@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from benchmarks.common import prepare  # noqa: E402
 from benchmarks.fresh import parse_args, split  # noqa: E402
 from benchmarks.labelled import NCM  # noqa: E402
 from benchmarks.methods import _prepare  # noqa: E402
-from benchmarks.run import prepare  # noqa: E402
 from genindex import IndexConfig  # noqa: E402
 from genindex.train import freeze, split_holdout, train_tokenizer  # noqa: E402
 

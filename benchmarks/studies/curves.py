@@ -1,7 +1,7 @@
 """One genindex build on a data set's validation split: phase times, the stopping rules'
 held-out score after every epoch, and quality in both orders.
 
-    python benchmarks/curves.py --dataset emoji [--set tokenizer.patience=1000 ...]
+    python benchmarks/studies/curves.py --dataset emoji [--set tokenizer.patience=1000 ...]
 
 The config is the data set's (as ``run.py``), changed by ``--set section.field=value``
 (JSON values; ``section`` is ``tokenizer``, ``decoder`` or ``index``). The
@@ -18,9 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks import run  # noqa: E402
+from benchmarks.common import prepare, prepare_arguments  # noqa: E402
 from genindex import GenerativeIndex, IndexConfig  # noqa: E402
 
 
@@ -41,11 +42,11 @@ def changed(config: IndexConfig, settings: list[str]) -> IndexConfig:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    run.prepare_arguments(parser, "as run.py's --config (one file)")
+    prepare_arguments(parser, "as run.py's --config (one file)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     args = parser.parse_args(argv)
     args.split, args.quiet = "val", True
-    setup = run.prepare(args)
+    setup = prepare(args)
     config = changed(setup.config or IndexConfig(), args.set)
     data = setup.data
     start = time.perf_counter()

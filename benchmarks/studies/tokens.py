@@ -1,6 +1,6 @@
 """The backbone's 7 x 7 tokens as the decoder's memory, measured on a validation split.
 
-    python benchmarks/tokens.py --dataset emoji [--config FILE] [--seeds 1]
+    python benchmarks/studies/tokens.py --dataset emoji [--config FILE] [--seeds 1]
 
 Issue 16's lever "the decoder cross-attending to the frozen backbone's
 spatial tokens": the paper's decoder reads the encoder's patch tokens, while
@@ -29,15 +29,15 @@ import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks import metrics  # noqa: E402
-from benchmarks.run import prepare, prepare_arguments  # noqa: E402
+from benchmarks.common import prepare, prepare_arguments  # noqa: E402
 from genindex import GenerativeIndex  # noqa: E402
 from genindex.beam import beam_search, rank_by_metric, semantic_measure, top_items  # noqa: E402
 from genindex.cache import default_cache_dir  # noqa: E402
 from genindex.decoder import Decoder, VectorMemory  # noqa: E402
-from genindex.images import image_refs, pixel_batches  # noqa: E402
+from genindex.inputs import image_refs, pixel_batches  # noqa: E402
 from genindex.partners import Partners  # noqa: E402
 from genindex.train import freeze, split_holdout, train_decoder  # noqa: E402
 

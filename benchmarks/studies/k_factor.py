@@ -1,7 +1,7 @@
 """How many candidates the metric and semantic orders rank, chosen on a validation split.
 
-    python benchmarks/k_factor.py --dataset emoji [--k-factors 1,2,4,10]
-    python benchmarks/k_factor.py --dataset emoji --split val --order semantic \\
+    python benchmarks/studies/k_factor.py --dataset emoji [--k-factors 1,2,4,10]
+    python benchmarks/studies/k_factor.py --dataset emoji --split val --order semantic \\
         --beam-sizes 100,300,1000 --k-factors 1,3,10
 
 The reported queries are never read. With ``--split heldout`` (the default) one
@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks import datasets, metrics  # noqa: E402
-from benchmarks.run import prepare, prepare_arguments  # noqa: E402
+from benchmarks import metrics  # noqa: E402
+from benchmarks.common import prepare, prepare_arguments, validation_split  # noqa: E402
 from genindex import GenerativeIndex  # noqa: E402
 
 K = 100  # results per query: MAP@100, as the tables
@@ -45,17 +45,6 @@ def row(name: str, ids: np.ndarray, seconds: float, exact: np.ndarray, db_labels
     print(f"| {name} | {summary.precision[1]:.3f} | {summary.precision[3]:.3f} | "
           f"{summary.map[K]:.3f} | {recall:.3f} | {candidates:.0f} | "
           f"{len(ids) / seconds:.0f} |", flush=True)
-
-
-def split(setup, which: str):
-    """(database, its labels, queries, their labels) of the validation split."""
-    if which == "val":
-        data = setup.data
-        return setup.db, np.asarray(data.db_labels), setup.queries, np.asarray(data.query_labels)
-    labels = np.asarray(setup.data.db_labels)
-    q_rows = datasets.held_out_rows(labels)
-    db_rows = np.setdiff1d(np.arange(len(labels)), q_rows)
-    return setup.db[db_rows], labels[db_rows], setup.db[q_rows], labels[q_rows]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     heldout = args.validation == "heldout"
     args.split = "test" if heldout else "val"  # what prepare loads; heldout reads its database
     setup = prepare(args)
-    db, db_labels, queries, q_labels = split(setup, args.validation)
+    db, db_labels, queries, q_labels = validation_split(setup, args.validation)
     print(f"{args.dataset} validation split ({'database items as queries' if heldout else 'val'}"
           f"): {len(db)} database items, {len(queries)} queries (the reported queries are "
           f"not read); config {setup.config_name}", flush=True)
