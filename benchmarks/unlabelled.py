@@ -146,9 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     from genindex import IndexConfig
 
     tuned = CONFIGS / f"{args.dataset}.json"
-    config_file = config_file or (str(tuned) if tuned.is_file() else None)
-    config = IndexConfig() if config_file in (None, "default") else IndexConfig.from_json(
-        Path(config_file).read_text())
+    if config_file is None and tuned.is_file():
+        config_file = str(tuned.relative_to(CONFIGS.parents[2]))  # as the repo names it
+        config = IndexConfig.from_json(tuned.read_text())
+    else:
+        config = IndexConfig() if config_file in (None, "default") else IndexConfig.from_json(
+            Path(config_file).read_text())
     import faiss
 
     flat = faiss.IndexFlatL2(db.shape[1])

@@ -63,7 +63,8 @@ def table_set_markdown(tables: TableSet) -> str:
     """The tables of a measuring script, each under its caption, then its notes."""
     blocks = [_table(table.caption, list(table.header), [list(row) for row in table.rows],
                      table.text_columns, every=True) for table in tables.tables]
-    return "\n\n".join([b for b in blocks if b] + list(tables.notes)) + "\n"
+    notes = ["\n".join(tables.notes)] if tables.notes else []
+    return "\n\n".join([b for b in blocks if b] + notes) + "\n"
 
 
 def columns(name: str, ks: Sequence[int]) -> list[Column]:
