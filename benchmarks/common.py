@@ -78,6 +78,19 @@ def prepare_arguments(parser: argparse.ArgumentParser, config_help: str) -> None
     parser.add_argument("--config", help=config_help)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def study_parser(doc: str, cache: str) -> argparse.ArgumentParser:
+    """The command line of a study that builds on the validation split: :func:`prepare`'s
+    options, ``--seeds`` and a ``--cache`` folder (default: genindex's cache / ``cache``)."""
+    from genindex.cache import default_cache_dir
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    prepare_arguments(parser, "as run.py's --config (one file)")
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--cache", type=Path, default=default_cache_dir() / cache)
+    return parser
 
 
 def prepare(args) -> Setup:
@@ -110,6 +123,15 @@ def features(data: datasets.Dataset, backbone, backbone_name: str, *, device: st
           f"{len(np.unique(data.db_labels))} classes; {backbone_name} features in "
           f"{embed_s:.1f} s (cache: {cache.folder if cache else 'off'})", flush=True)
     return np.asarray(db, dtype="float32"), np.asarray(queries, dtype="float32")
+
+
+def prepare_validation(args) -> tuple[Setup, np.ndarray, np.ndarray]:
+    """:func:`prepare` on the data set's validation split (never the reported queries),
+    with the database's and the queries' labels as arrays."""
+    args.split = "val"
+    setup = prepare(args)
+    data = setup.data
+    return setup, np.asarray(data.db_labels), np.asarray(data.query_labels)
 
 
 def validation_split(setup: Setup, which: str):

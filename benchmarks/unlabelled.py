@@ -130,7 +130,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--beam-sizes", default="10,30,100")
     parser.add_argument("--k-factors", default="1,3,10")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--out", type=Path, help="where results.json goes (default "
                         "results/unlabelled-<dataset>[-<split>])")
     args = parser.parse_args(argv)

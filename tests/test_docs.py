@@ -7,6 +7,7 @@ import re
 import shlex
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from genindex import DecoderConfig, GenerativeIndex, IndexConfig, TokenizerConfig, container
@@ -40,6 +41,28 @@ def test_snippets_run(name, tmp_path, monkeypatch, capsys):
     if name == "getting-started.md":
         assert commands == 5  # every subcommand once
         assert container.is_index_file(tmp_path / "cli.index")
+
+
+def test_the_readme_example_runs_and_finds_each_query_itself(tmp_path, monkeypatch):
+    """The README's first Python block, as written: well-separated classes, so every
+    query's results are of its class, in ascending squared L2 (the default order)."""
+    monkeypatch.chdir(tmp_path)
+    readme = (DOCS.parent / "README.md").read_text()
+    code = next(m.group(2) for m in BLOCK.finditer(readme) if m.group(1) == "python")
+    namespace: dict = {"__name__": "readme"}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
+    D, I, index, labels = (namespace[name] for name in ("D", "I", "index", "labels"))
+    assert I.shape == (5, 10) and I.dtype.name == "int64" and index.ntotal == 1000
+    assert (labels[I] == labels[:5, None]).all() and (np.diff(D, axis=1) >= 0).all()
+    assert (tmp_path / "my.index").is_file()
+
+
+def test_the_readme_stays_short_and_links_only_what_exists():
+    readme = DOCS.parent / "README.md"
+    text = readme.read_text()
+    assert len(text.splitlines()) <= 120 and "## When to use it" in text
+    for target in re.findall(r"\]\(([\w./-]+\.md)\)", text):
+        assert (readme.parent / target).is_file(), f"README links to {target}"
 
 
 def test_the_api_reference_names_everything_public():

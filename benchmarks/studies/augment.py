@@ -22,7 +22,6 @@ The views' features are kept in ``--cache`` (one .npy per image set and seed).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import sys
 import time
@@ -34,10 +33,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks import metrics  # noqa: E402
-from benchmarks.common import prepare, prepare_arguments  # noqa: E402
+from benchmarks.common import prepare_validation, study_parser  # noqa: E402
 from benchmarks.run import FT_PRESETS  # noqa: E402
 from genindex import GenerativeIndex  # noqa: E402
-from genindex.cache import default_cache_dir  # noqa: E402
 from genindex.finetune import FineTuneConfig, finetune  # noqa: E402
 from genindex.inputs import extract_features, image_refs, to_rgb  # noqa: E402
 
@@ -99,17 +97,11 @@ def genindex_ids(train_x, train_y, n_db: int, queries, config, progress: bool
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    prepare_arguments(parser, "as run.py's --config (one file)")
+    parser = study_parser(__doc__, "views")
     parser.add_argument("--views", type=int, default=2)
-    parser.add_argument("--seeds", type=int, default=1)
-    parser.add_argument("--cache", type=Path, default=default_cache_dir() / "views")
-    parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    args.split = "val"  # never the reported queries
-    setup = prepare(args)
+    setup, db_labels, q_labels = prepare_validation(args)
     data, progress, db, queries = setup.data, not args.quiet, setup.db, setup.queries
-    db_labels, q_labels = np.asarray(data.db_labels), np.asarray(data.query_labels)
     started = time.perf_counter()
     views = view_features(setup.backbone, data.db_images, args.views, args.cache, progress)
     print(f"{args.dataset} val: {len(db)} items, {len(queries)} queries, {len(views)} views "

@@ -57,7 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--beam-sizes", default="100",
                         help="comma-separated beam sizes (100: the index's default at k 100)")
     parser.add_argument("--k-factors", default="1,2,4,10")
-    parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     heldout = args.validation == "heldout"
     args.split = "test" if heldout else "val"  # what prepare loads; heldout reads its database

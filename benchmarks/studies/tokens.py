@@ -18,7 +18,6 @@ an image).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import sys
 import time
@@ -32,10 +31,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks import metrics  # noqa: E402
-from benchmarks.common import prepare, prepare_arguments  # noqa: E402
+from benchmarks.common import prepare_validation, study_parser  # noqa: E402
 from genindex import GenerativeIndex  # noqa: E402
 from genindex.beam import beam_search, rank_by_metric, semantic_measure, top_items  # noqa: E402
-from genindex.cache import default_cache_dir  # noqa: E402
 from genindex.decoder import Decoder, VectorMemory  # noqa: E402
 from genindex.inputs import image_refs, pixel_batches  # noqa: E402
 from genindex.partners import Partners  # noqa: E402
@@ -152,17 +150,11 @@ def report(name: str, ids: np.ndarray, db_labels, q_labels, seconds: float) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    prepare_arguments(parser, "as run.py's --config (one file)")
-    parser.add_argument("--seeds", type=int, default=1)
+    parser = study_parser(__doc__, "tokens")
     parser.add_argument("--beam-size", type=int, default=100)
-    parser.add_argument("--cache", type=Path, default=default_cache_dir() / "tokens")
-    parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    args.split = "val"  # never the reported queries
-    setup = prepare(args)
+    setup, db_labels, q_labels = prepare_validation(args)
     data, progress = setup.data, not args.quiet
-    db_labels, q_labels = np.asarray(data.db_labels), np.asarray(data.query_labels)
     started = time.perf_counter()
     db_in = with_pooled(setup.db, spatial_tokens(setup.backbone, data.db_images, args.cache,
                                                  progress))
