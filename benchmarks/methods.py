@@ -79,21 +79,26 @@ class GenIndex(Method):
     ``order``: ``"generative"`` (the paper's ranking), ``"metric"`` (the generative
     top k ranked by exact L2 distance, what Faiss code reads) or ``"semantic"`` (the
     same candidates ranked by the cosine of the tokenizer's f_cls), and ``k_factor``
-    (None: the index's). ``rows``: the table rows one built index gives, by name
-    (``label``, ``label + ", metric order"``, ``label + ", semantic order"`` and, with
-    ``wide`` (``beam_size`` and ``k_factor``), the semantic order over that many
-    candidates), with their query arguments."""
+    (None: the index's), and ``fusion`` (the weight of the query's codeword cosines
+    in the beam, :mod:`genindex.fusion`). ``rows``: the table rows one built index
+    gives, by name (``label``, ``label + ", metric order"``, ``label + ", semantic
+    order"``; with ``fusion``, ``label + ", fused order"``, the generative order at
+    that weight; with ``wide`` (``beam_size`` and ``k_factor``), the semantic order
+    over that many candidates), with their query arguments."""
 
     name = "genindex"
 
     def __init__(self, config=None, backbone=None, device: str = "cpu",
                  progress: bool = True, note: str | None = None,
-                 label: str = "genindex", wide: dict[str, Any] | None = None) -> None:
+                 label: str = "genindex", wide: dict[str, Any] | None = None,
+                 fusion: float | None = None) -> None:
         self.config, self.backbone, self.device = config, backbone, device
         self.progress, self.note, self.label = progress, note, label
         self.rows = {label: {"order": "generative"},
                      f"{label}, metric order": {"order": "metric"},
                      f"{label}, semantic order": {"order": "semantic"}}
+        if fusion:
+            self.rows[f"{label}, fused order"] = {"order": "generative", "fusion": fusion}
         if wide is not None:  # the semantic order over more candidates
             name = f"beam {wide['beam_size']}, k_factor {wide['k_factor']:g}"
             self.rows[f"{label}, semantic order, {name}"] = {"order": "semantic", **wide}
@@ -125,15 +130,17 @@ class GenIndex(Method):
                               for chunk in v.split(4096)]).numpy()
 
     def set_query_arguments(self, beam_size: int | None = None, order: str = "generative",
-                            k_factor: float | None = None) -> None:
+                            k_factor: float | None = None, fusion: float = 0.0) -> None:
         self.beam_size, self.order, self.k_factor = beam_size, order, k_factor
+        self.fusion = fusion
 
     def search(self, queries, k, images=None, timings: dict[str, float] | None = None):
         """``timings``, if given, accumulates seconds per part of the search
         (``genindex.beam.TIMED_PARTS``)."""
         data = images if images is not None and self.backbone is not None else queries
         return self.index.search(data, k, beam_size=self.beam_size, order=self.order,
-                                 k_factor=self.k_factor, timings=timings).ids
+                                 k_factor=self.k_factor, fusion=self.fusion,
+                                 timings=timings).ids
 
     def nbytes(self):
         with tempfile.TemporaryDirectory() as folder:

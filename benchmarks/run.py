@@ -54,6 +54,9 @@ FT_PRESETS = {"fashion-mnist": {"batch_size": 512}}
 # Not in the default run: it tied the default row on the reported queries and its
 # searches took about 5 of the main job's 22 minutes (2026-12-04).
 SEMANTIC_CANDIDATES = {"emoji": {"beam_size": 1000, "k_factor": 10.0}}
+# The fused order's weight of the query's codeword cosines in the beam (genindex.fusion),
+# per data set, chosen on --split val with benchmarks/studies/levers.py (docs/benchmarks.md).
+FUSION = {"emoji": 160.0, "fashion-mnist": 160.0}
 ABLATIONS = ("ids", "length", "fresh")
 
 
@@ -90,6 +93,8 @@ def parse_args(argv):
     parser.add_argument("--wide", action="store_true",
                         help="add the semantic-order row over the data set's "
                         "SEMANTIC_CANDIDATES (emoji: beam 1000, k_factor 10)")
+    parser.add_argument("--fusion", type=float, help="weight of the fused-order row (default: "
+                        "the data set's FUSION entry; 0: no such row)")
     parser.add_argument("--ablation", default="", help=f"comma-separated, from {ABLATIONS}")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--device", default="cpu")
@@ -126,6 +131,7 @@ def make_methods(names: list[str], args, metric: str, n: int, setup: Setup,
              "ncm": lambda: NCM(metric),
              "classifier": lambda: Classifier(classifier)}
     built, wide = [], SEMANTIC_CANDIDATES.get(args.dataset) if args.wide else None
+    fusion = FUSION.get(args.dataset) if args.fusion is None else args.fusion
     for name in names:
         if name != "genindex":
             built.append(Built(known[name]()))
@@ -137,7 +143,7 @@ def make_methods(names: list[str], args, metric: str, n: int, setup: Setup,
                 config.replace(seed=config.seed + seed),
                 backbone=setup.backbone if end_to_end else None, device=args.device,
                 progress=not args.quiet, label=label, note=f"config: {config_name}",
-                wide=wide), seed) for seed in range(args.seeds)]
+                wide=wide, fusion=fusion), seed) for seed in range(args.seeds)]
     return built
 
 

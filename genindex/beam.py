@@ -24,12 +24,8 @@ one leaf are ordered by a distance to the query where one is given.
 
 from __future__ import annotations
 
-import hashlib
 import math
-import threading
 import time
-import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any, NamedTuple
@@ -39,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import fusion as fusion_scores
 from .decoder import Decoder
 from .snapshot import Snapshot
 from .trie import Trie
@@ -77,8 +74,9 @@ PADDING = {None: -math.inf, "l2": float(np.finfo(np.float32).max),
 
 
 def search(snapshot: Snapshot, queries: torch.Tensor, k: int, beam_size: int, *,
-           metric: str | None = None, k_factor: float = 1.0, trie: Trie | None = None,
-           dtype: torch.dtype | str | None = None, timings: dict[str, float] | None = None,
+           metric: str | None = None, k_factor: float = 1.0, fusion: float = 0.0,
+           trie: Trie | None = None, dtype: torch.dtype | str | None = None,
+           timings: dict[str, float] | None = None,
            progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``(scores, ids)``, each (n, k): the ``k`` best items of ``snapshot`` for each query.
 
@@ -91,7 +89,9 @@ def search(snapshot: Snapshot, queries: torch.Tensor, k: int, beam_size: int, *,
     L2 distance (ascending) or inner product (descending) to the query, which
     are the scores; ``"semantic"``: ranked by the cosine of their f_cls to the
     query's (descending; see :func:`semantic_measure`). Both need stored
-    vectors. Queries go in batches of at most :data:`BEAMS_IN_FLIGHT` beams,
+    vectors. ``fusion`` > 0 adds that weight times the query's cosine to each
+    identifier's codewords to its log-probability inside the beam
+    (:mod:`genindex.fusion`). Queries go in batches of at most :data:`BEAMS_IN_FLIGHT` beams,
     which bounds memory for any number of them.
     ``beam_size`` is cut to the number of identifiers, and only the first
     ``min(k, items)`` columns are searched for: the others are padding (id -1,
@@ -110,21 +110,26 @@ def search(snapshot: Snapshot, queries: torch.Tensor, k: int, beam_size: int, *,
         for start in tqdm(range(0, len(queries), size), desc="search", unit="batch",
                           disable=not progress, leave=False):
             batch = queries[start:start + size]
-            s, i = _search_batch(snapshot, trie, batch, beam_size, pool, metric, dtype, timings)
+            s, i = _search_batch(snapshot, trie, batch, beam_size, pool, metric, fusion, dtype,
+                                 timings)
             scores[start:start + len(batch), :width] = s[:, :width].cpu().numpy()
             ids[start:start + len(batch), :width] = i[:, :width].cpu().numpy()
     return scores, ids
 
 
 def _search_batch(snapshot: Snapshot, trie: Trie, batch: torch.Tensor, beam_size: int,
-                  pool: int, metric: str | None, dtype: Any,
+                  pool: int, metric: str | None, fusion: float, dtype: Any,
                   timings: dict[str, float] | None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(scores, ids)`` (Q, pool) of one batch of queries, best first (see search)."""
-    beams = beam_search(snapshot.decoder, batch, trie, beam_size, dtype=dtype, timings=timings)
-    distance = vectors = None
-    if snapshot.vectors is not None:
+    distance = vectors = prior = None
+    if snapshot.vectors is not None or fusion:
         with _timed(timings, "encoder", batch.device):
             vectors = snapshot.tokenizer.feature_vectors(batch)
+            if fusion:
+                prior = fusion_scores.codeword_scores(snapshot.tokenizer, vectors, fusion)
+    beams = beam_search(snapshot.decoder, batch, trie, beam_size, prior=prior, dtype=dtype,
+                        timings=timings)
+    if snapshot.vectors is not None:
         distance = snapshot.vectors.distance(batch.device, vectors, exact=False)
     with _timed(timings, "items", batch.device):
         scores, ids = top_items(trie, beams, pool, distance)
@@ -169,7 +174,7 @@ def rank_by_metric(ids: torch.Tensor, measure: Callable[[torch.Tensor, torch.Ten
 
 
 def beam_search(decoder: Decoder, x: torch.Tensor, trie: Trie, beam_size: int, *,
-                dtype: torch.dtype | str | None = None,
+                prior: torch.Tensor | None = None, dtype: torch.dtype | str | None = None,
                 timings: dict[str, float] | None = None) -> Beams:
     """The ``beam_size`` most likely valid identifiers for each query in ``x``.
 
@@ -177,6 +182,9 @@ def beam_search(decoder: Decoder, x: torch.Tensor, trie: Trie, beam_size: int, *
     float32 (None, exact), or bfloat16 / float16 through autocast, about twice
     as fast where the hardware has it (GPUs; CPUs with AVX512-BF16 or AMX),
     with scores off by about 1e-2. Scores and beam selection stay float32.
+    ``prior`` (Q, M, L), if given, is added to each code's log-probability at
+    its level, a finished beam's forced codes included (score fusion:
+    :func:`genindex.fusion.codeword_scores`).
     ``timings``, if given, accumulates the seconds spent in each of
     :data:`TIMED_PARTS` (synchronising the device around each part).
     """
@@ -199,8 +207,10 @@ def beam_search(decoder: Decoder, x: torch.Tensor, trie: Trie, beam_size: int, *
                 child = trie.children(depth, nodes)  # (Q, width, L), -1: not allowed
                 logits.masked_fill_(child < 0, float("-inf"))
             with _timed(timings, "select", device):
+                bias = (None if prior is None else
+                        fusion_scores.step_bias(trie, depth, child, prior))
                 step = _select(trie, depth, scores, logits, child, done_scores, done_leaves,
-                               beam_size)
+                               beam_size, bias)
                 done_scores, done_leaves = step.done_scores, step.done_leaves
                 if not step.live.any():
                     break
@@ -224,14 +234,17 @@ def _live_grid(step: _Step) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def _select(trie: Trie, depth: int, scores: torch.Tensor, logits: torch.Tensor,
             child: torch.Tensor, done_scores: torch.Tensor, done_leaves: torch.Tensor,
-            beam_size: int) -> _Step:
+            beam_size: int, bias: torch.Tensor | None = None) -> _Step:
     """The best ``beam_size`` of the live beams' continuations and the finished beams.
 
     ``logits`` are -inf where ``child`` is -1; a padding row, all -inf, gives NaN
-    log-probabilities, which become -inf candidates.
+    log-probabilities, which become -inf candidates. ``bias`` (as ``logits``) is
+    added to the candidates' scores.
     """
     queries, width, size = logits.shape
     candidates = scores[..., None] + logits.log_softmax(dim=-1)
+    if bias is not None:
+        candidates += bias
     candidates = candidates.nan_to_num_(nan=-math.inf, neginf=-math.inf).reshape(queries, -1)
     pool = torch.cat([candidates, done_scores], dim=1)
     if pool.shape[1] < beam_size:  # pad so that every step keeps beam_size slots
@@ -327,36 +340,6 @@ def _beam_then(beam: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     value = value.double()
     low, span = value.min(), value.max() - value.min()
     return beam.double() + 0.5 * (value - low) / (span if span > 0 else 1.0)
-
-
-class FilterCache:
-    """Tries restricted to the allowed ids of a search filter, the last few kept.
-
-    An entry holds its source trie weakly: once an update replaces that trie,
-    the entry is dropped at the next filtered search.
-    """
-
-    def __init__(self, size: int = 4) -> None:
-        self._entries: OrderedDict[tuple, tuple[weakref.ref, Trie]] = OrderedDict()
-        self._size = size
-        self._lock = threading.Lock()
-
-    def restrict(self, trie: Trie, allowed: np.ndarray) -> Trie:
-        """``trie`` without the items whose ids are not in ``allowed`` (sorted ids)."""
-        key = (id(trie), len(allowed), hashlib.sha256(allowed.tobytes()).digest())
-        with self._lock:
-            for stale in [k for k, (source, _) in self._entries.items() if source() is None]:
-                del self._entries[stale]
-            hit = self._entries.get(key)
-            if hit is not None and hit[0]() is trie:
-                self._entries.move_to_end(key)
-                return hit[1]
-        restricted = trie.remove(trie.ids[~np.isin(trie.ids, allowed)])
-        with self._lock:
-            self._entries[key] = (weakref.ref(trie), restricted)
-            while len(self._entries) > self._size:
-                self._entries.popitem(last=False)
-        return restricted
 
 
 _PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -47,7 +47,9 @@ class TokenizerConfig:
     head: str = "mlp"  # f_cls from the input: "mlp" (one hidden layer) or "linear"
     # What an item's identifier quantizes (with labels; without, always its own feature):
     # "feature", its own f_cls (the paper); "class", the mean f_cls of the training class
-    # the tokenizer's classifier assigns it to, so a class's items share one identifier.
+    # the tokenizer's classifier assigns it to, so a class's items share one identifier;
+    # "class-first", the first code from the class centres (an item's nearest one), the
+    # later codes its own f_cls's residual, so a class's items share a first code.
     identifiers: str = "feature"
     # With identifiers="class": the share of known-class items (held out, else trained
     # on) whose best class cosine sets the novelty threshold; an item added later whose
@@ -79,9 +81,9 @@ class TokenizerConfig:
             raise ValueError(f"TokenizerConfig: novelty must be < 1, got {self.novelty!r}")
         if self.head not in ("mlp", "linear"):
             raise ValueError(f"TokenizerConfig: head must be 'mlp' or 'linear', got {self.head!r}")
-        if self.identifiers not in ("feature", "class"):
-            raise ValueError("TokenizerConfig: identifiers must be 'feature' or 'class', "
-                             f"got {self.identifiers!r}")
+        if self.identifiers not in ("feature", "class", "class-first"):
+            raise ValueError("TokenizerConfig: identifiers must be 'feature', 'class' or "
+                             f"'class-first', got {self.identifiers!r}")
 
     @classmethod
     def paper(cls, **overrides: Any) -> TokenizerConfig:
@@ -112,6 +114,13 @@ class DecoderConfig:
     # Train each code's softmax over the codes the index allows after its prefix,
     # as beam search scores it, instead of over all L (docs/benchmarks.md).
     constrained_loss: bool = False
+    # The output layer: "free", a learned row per (level, code); "codebook", that plus
+    # a scaled cosine between a projection of the state and the code's codeword (the
+    # tokenizer's, frozen), so a code seen in few targets still scores by its geometry.
+    head: str = "free"
+    # What the decoder reads: "vector", the query vector; "f_cls", the tokenizer's f_cls
+    # of it (a frozen copy of the head), the embedding the identifiers quantize.
+    input: str = "vector"
     epochs: int = 40
     min_steps: int = 1200  # small data sets train for more epochs, up to this many steps
     batch_size: int = 128
@@ -136,6 +145,12 @@ class DecoderConfig:
         if not isinstance(self.constrained_loss, bool):
             raise TypeError(f"DecoderConfig: constrained_loss must be a bool, "
                             f"got {self.constrained_loss!r}")
+        if self.head not in ("free", "codebook"):
+            raise ValueError(f"DecoderConfig: head must be 'free' or 'codebook', "
+                             f"got {self.head!r}")
+        if self.input not in ("vector", "f_cls"):
+            raise ValueError(f"DecoderConfig: input must be 'vector' or 'f_cls', "
+                             f"got {self.input!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"DecoderConfig: n_embd={self.n_embd} must be divisible "
                              f"by n_head={self.n_head}")
@@ -193,6 +208,9 @@ class IndexConfig:
         if not (isinstance(self.holdout, (int, float)) and not isinstance(self.holdout, bool)
                 and 0 <= self.holdout < 0.5):
             raise ValueError(f"IndexConfig: holdout must be in [0, 0.5), got {self.holdout!r}")
+        if self.end_to_end and self.decoder.input != "vector":
+            raise ValueError("IndexConfig: end_to_end decoders read the encoder's tokens; "
+                             "decoder.input must be 'vector'")
 
     @classmethod
     def paper(cls, large: bool = False) -> IndexConfig:

@@ -30,15 +30,23 @@ class VectorMemory(nn.Module):
     """Turns a query vector (B, d) into ``n_memory`` memory tokens (B, n_memory, E)."""
 
     def __init__(self, input_dim: int, n_memory: int, n_embd: int,
-                 input_dropout: float = 0.0) -> None:
+                 input_dropout: float = 0.0, reader: nn.Module | None = None) -> None:
+        """``reader``: a frozen module applied to the query first (its output has
+        ``input_dim`` columns), e.g. the tokenizer's f_cls."""
         super().__init__()
         self.n_memory, self.n_embd = n_memory, n_embd
+        self.reader = reader
+        if reader is not None:
+            reader.requires_grad_(False)
         self.drop_in = nn.Dropout(input_dropout)
         self.ln_in = nn.LayerNorm(input_dim)
         self.proj = nn.Linear(input_dim, n_memory * n_embd)
         self.ln_out = nn.LayerNorm(n_embd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reader is not None:
+            with torch.no_grad():
+                x = self.reader.eval()(x).to(self.proj.weight.dtype)
         tokens = self.proj(self.ln_in(self.drop_in(x))).view(len(x), self.n_memory, self.n_embd)
         return self.ln_out(tokens)
 
@@ -166,10 +174,11 @@ class Decoder(nn.Module):
     for every (level, code) pair, 1 + M * L in all."""
 
     def __init__(self, config: DecoderConfig, codebook_size: int, num_codebooks: int,
-                 memory: nn.Module) -> None:
+                 memory: nn.Module, code_dim: int | None = None) -> None:
         """``memory`` maps the decoder's input to memory tokens (B, S, n_embd): a
         :class:`VectorMemory` for query vectors (:meth:`for_vectors`) or a
-        :class:`TokenMemory` over a backbone's tokens."""
+        :class:`TokenMemory` over a backbone's tokens. ``code_dim``: the codewords'
+        width, for ``config.head == "codebook"`` (set them with :meth:`set_codewords`)."""
         super().__init__()
         self.config = config
         self.codebook_size, self.num_codebooks = codebook_size, num_codebooks
@@ -183,21 +192,42 @@ class Decoder(nn.Module):
         self.ln_f = nn.LayerNorm(E)
         # one output layer per level: code l at level 1 and at level 2 are unrelated
         self.head = nn.Parameter(torch.empty(num_codebooks, codebook_size, E))
-        pretrained = {id(m) for b in self.modules() if isinstance(b, Backbone) for m in b.modules()}
+        kept = [b for b in self.modules() if isinstance(b, Backbone)]
+        kept += [memory.reader] if getattr(memory, "reader", None) is not None else []
+        pretrained = {id(m) for b in kept for m in b.modules()}
         for module in self.modules():
-            if id(module) not in pretrained:  # a backbone keeps its own weights
+            if id(module) not in pretrained:  # a backbone or a reader keeps its weights
                 self._init_weights(module)
         nn.init.normal_(self.head, std=0.02)
+        codewords = None
+        if config.head == "codebook":
+            if code_dim is None:
+                raise ValueError("a decoder with head='codebook' needs code_dim")
+            codewords = torch.zeros(num_codebooks, codebook_size, code_dim)
+            self.to_code = nn.Linear(E, code_dim, bias=False)
+            nn.init.normal_(self.to_code.weight, std=E ** -0.5)
+            self.code_scale = nn.Parameter(torch.full((1,), 16.0))
+        self.codewords: torch.Tensor | None
+        self.register_buffer("codewords", codewords)
         for name, p in self.blocks.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(3 * config.n_layer))
 
     @classmethod
     def for_vectors(cls, config: DecoderConfig, codebook_size: int, num_codebooks: int,
-                    input_dim: int) -> Decoder:
-        """A decoder whose queries are ``input_dim``-dimensional vectors."""
-        memory = VectorMemory(input_dim, config.n_memory, config.n_embd, config.input_dropout)
-        return cls(config, codebook_size, num_codebooks, memory)
+                    input_dim: int, code_dim: int | None = None,
+                    reader: nn.Module | None = None) -> Decoder:
+        """A decoder whose queries are vectors, ``input_dim`` wide once ``reader``
+        (optional, frozen; see :class:`VectorMemory`) has read them."""
+        memory = VectorMemory(input_dim, config.n_memory, config.n_embd, config.input_dropout,
+                              reader)
+        return cls(config, codebook_size, num_codebooks, memory, code_dim)
+
+    @torch.no_grad()
+    def set_codewords(self, codebooks: torch.Tensor) -> None:
+        """The tokenizer's codebooks (M, L, D), which a ``"codebook"`` head scores by."""
+        if self.codewords is not None:
+            self.codewords.copy_(codebooks)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -269,8 +299,13 @@ class Decoder(nn.Module):
 
     def _logits(self, h: torch.Tensor, first_level: int) -> torch.Tensor:
         """Apply the output layer of level ``first_level + i`` to position ``i`` of h."""
-        weight = self.head[first_level:first_level + h.shape[-2]]
-        return torch.einsum("...te,tle->...tl", h, weight)
+        levels = slice(first_level, first_level + h.shape[-2])
+        logits = torch.einsum("...te,tle->...tl", h, self.head[levels])
+        if self.codewords is None:
+            return logits
+        state = F.normalize(self.to_code(h), dim=-1)
+        codewords = self.codewords[levels].to(state.dtype)
+        return logits + self.code_scale * torch.einsum("...td,tld->...tl", state, codewords)
 
 
 def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, allowed: torch.Tensor,

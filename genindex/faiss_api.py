@@ -41,6 +41,7 @@ class SearchParameters:
     beam_size: int | None = None  # identifiers kept at each step (default: nprobe or max(k, 10))
     order: str | None = None  # "metric" (default with stored vectors), "generative", "semantic"
     k_factor: float | None = None  # candidates ranked by the metric: k * k_factor (default 1)
+    fusion: float | None = None  # weight of the query's codeword cosines in the beam (0)
     filter: Any = None  # allowed ids, a boolean mask or a Faiss IDSelector
 
 
@@ -51,6 +52,7 @@ class Query(NamedTuple):
     metric: str | None  # what the candidates are ranked by: "l2", "ip", "semantic"; None:
     # the generative order
     k_factor: float
+    fusion: float  # weight of the codeword cosines added in the beam (genindex.fusion)
     filter: Any
 
 
@@ -103,7 +105,8 @@ def resolve_query(index: Any, k: int, params: Any, given: dict[str, Any]) -> Que
     k_factor = checks.as_k_factor(values.get("k_factor", index.k_factor))
     beam = values.get("beam_size", index.nprobe)
     measure = {"metric": index.metric, "generative": None, "semantic": "semantic"}[order]
-    return Query(checks.as_beam_size(beam, k), measure, k_factor, values.get("filter"))
+    fusion = checks.as_nonnegative(values.get("fusion", 0.0), "fusion")
+    return Query(checks.as_beam_size(beam, k), measure, k_factor, fusion, values.get("filter"))
 
 
 def _from_params(params: Any) -> dict[str, Any]:

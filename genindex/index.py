@@ -30,7 +30,7 @@ import torch
 
 from . import checks, faiss_api
 from .backbones import Backbone, get_backbone
-from .beam import FilterCache, compute_dtype, search
+from .beam import compute_dtype, search
 from .cache import FeatureCache
 from .checks import NotTrainedError, default_device
 from .config import IndexConfig
@@ -40,6 +40,7 @@ from .refresh import RefreshHistory, refresh
 from .snapshot import NO_IDS, Snapshot
 from .tokenizer import SemanticTokenizer
 from .train import Models, TrainHistory, train_models
+from .trie import FilterCache
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +180,9 @@ class GenerativeIndex(faiss_api.FaissMethods):
     def search(self, x: Any, k: int, *, params: Any = None, D: np.ndarray | None = None,
                I: np.ndarray | None = None, beam_size: int | None = None,  # noqa: E741
                order: str | None = None, k_factor: float | None = None, filter: Any = None,
-               dtype: Any = None, timings: dict[str, float] | None = None,
-               progress: bool | None = None) -> SearchResult:
+               fusion: float | None = None, dtype: Any = None,
+               timings: dict[str, float] | None = None, progress: bool | None = None
+               ) -> SearchResult:
         """The ``k`` best items for each query row of ``x``: ``D, I = index.search(x, k)``.
 
         ``order``: ``"metric"`` (default with stored vectors), the generative top
@@ -188,11 +190,12 @@ class GenerativeIndex(faiss_api.FaissMethods):
         ``"generative"``, the paper's order, ``D`` log-probabilities; ``"semantic"``,
         the same candidates ranked by the cosine of their f_cls (the tokenizer's
         feature, which identifiers quantize) to the query's, ``D`` cosines, descending.
-        ``beam_size`` (default ``nprobe`` or ``max(k, 10)``): identifiers kept
-        per step. ``k`` may exceed the items (padded); a result too big for
-        free memory is refused. ``filter``: allowed ids, a boolean mask by id or
-        a Faiss ``IDSelector``. ``params``: these as a ``SearchParameters`` or
-        ``faiss.SearchParameters``. ``D``, ``I``: output arrays, as Faiss's.
+        ``beam_size`` (default ``nprobe`` or ``max(k, 10)``): identifiers kept per
+        step. ``fusion`` (default 0): weight of the query's codeword cosines in the
+        beam (:mod:`genindex.fusion`). ``k`` may exceed the items (padded); a result
+        too big for free memory is refused. ``filter``: allowed ids, a boolean mask
+        by id or a Faiss ``IDSelector``. ``params``: these as a ``SearchParameters``
+        or ``faiss.SearchParameters``. ``D``, ``I``: output arrays, as Faiss's.
         ``dtype``: decoder precision (None/float32 exact, bfloat16, float16).
         ``timings``: seconds per part (:data:`genindex.beam.TIMED_PARTS`).
         """
@@ -200,7 +203,8 @@ class GenerativeIndex(faiss_api.FaissMethods):
         k = checks.as_k(k)
         checks.check_result_size(1, k)  # before any work: even one row would not fit
         query = faiss_api.resolve_query(self, k, params, {
-            "beam_size": beam_size, "order": order, "k_factor": k_factor, "filter": filter})
+            "beam_size": beam_size, "order": order, "k_factor": k_factor, "filter": filter,
+            "fusion": fusion})
         dtype = compute_dtype(dtype)
         checks.check_timings(timings)
         trie = None
@@ -212,7 +216,7 @@ class GenerativeIndex(faiss_api.FaissMethods):
         checks.check_result_size(len(queries), k)
         out = checks.as_outputs(D, I, len(queries), k)
         scores, ids = search(state, queries, k, query.beam_size, metric=query.metric,
-                             k_factor=query.k_factor, trie=trie, dtype=dtype,
+                             k_factor=query.k_factor, fusion=query.fusion, trie=trie, dtype=dtype,
                              timings=timings, progress=progress)
         if out is None:
             return SearchResult(scores, ids)

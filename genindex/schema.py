@@ -33,7 +33,7 @@ from .decoder import Decoder
 from .snapshot import NO_IDS, Snapshot, with_fresh
 from .store import VectorStore
 from .tokenizer import SemanticTokenizer
-from .train import freeze, new_decoder
+from .train import decoder_input, freeze, new_decoder
 from .trie import Trie
 
 
@@ -201,7 +201,9 @@ def _check_sizes(body: dict[str, Any], config: IndexConfig,
             raise IndexFormatError(f"{name}={value!r} is not a positive integer")
     with torch.device("meta"):
         tokenizer = SemanticTokenizer(d, config.tokenizer, num_classes, size)
-        decoder = Decoder.for_vectors(config.decoder, size, config.tokenizer.num_codebooks, d)
+        width, reader = decoder_input(tokenizer, config)
+        decoder = Decoder.for_vectors(config.decoder, size, config.tokenizer.num_codebooks,
+                                      width, tokenizer.quantizer.codebooks.shape[-1], reader)
     backbone_parts = ("tokenizer.encoder.", "decoder.memory.") if config.end_to_end else ()
     for prefix, module in (("tokenizer.", tokenizer), ("decoder.", decoder)):
         expected = {prefix + k: tuple(v.shape) for k, v in module.state_dict().items()

@@ -26,6 +26,8 @@ Choices the paper leaves open, made here:
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,12 +59,22 @@ class ResidualQuantizer(nn.Module):
 
     @torch.no_grad()
     def fit(self, f: torch.Tensor, iters: int, generator: torch.Generator,
-            warm: bool = False, dtype: torch.dtype | None = None) -> None:
+            warm: bool = False, dtype: torch.dtype | None = None,
+            first: torch.Tensor | None = None) -> None:
         """Set codebook m by k-means on the residuals left by codebooks < m, started from
         the current codebooks when ``warm``; ``dtype``: that of the distance products
-        (None: float32; see :func:`genindex.kmeans.assign`)."""
+        (None: float32; see :func:`genindex.kmeans.assign`). ``first`` (C, D): the
+        first codebook's codewords, given instead of fit (class-first identifiers):
+        all C of them when C <= L (the spare rows repeat them and are never chosen),
+        else their k-means."""
         residual = f.detach().float()
         for m in range(self.num_codebooks):
+            if m == 0 and first is not None:
+                self.codebooks[0] = _first_codebook(first.float(), self.codebook_size,
+                                                    iters, generator)
+                codes, _ = assign(residual, self.codebooks[0])
+                residual = residual - self.codebooks[0][codes]
+                continue
             if residual.abs().max() <= 1e-6 * f.abs().max():
                 # nothing left to quantize (e.g. one codeword per point above): a zero
                 # codebook gives every item code 0 here instead of codes picked by rounding
@@ -95,6 +107,15 @@ class ResidualQuantizer(nn.Module):
         """The reconstruction sum_m c_{m, l_m}, shape (n, D)."""
         m = torch.arange(self.num_codebooks, device=codes.device)
         return self.codebooks[m, codes].sum(dim=1)
+
+
+def _first_codebook(centres: torch.Tensor, size: int, iters: int,
+                    generator: torch.Generator) -> torch.Tensor:
+    """``size`` codewords from ``centres``: each one, then repeats (an exact repeat never
+    wins the nearest-codeword argmin, which takes the first), or their k-means."""
+    if len(centres) > size:
+        return kmeans(centres, size, iters, generator)
+    return centres[torch.arange(size, device=centres.device) % len(centres)]
 
 
 class CosineClassifier(nn.Module):
@@ -201,6 +222,10 @@ class SemanticTokenizer(nn.Module):
         f = self.head(v)
         return f if self.classifier is None else F.normalize(f, dim=-1)
 
+    def frozen_f_cls(self) -> nn.Module:
+        """A frozen copy of :meth:`f_cls` (vectors in, f_cls out), for a decoder to read."""
+        return FrozenFcls(copy.deepcopy(self.head), normalize=self.classifier is not None)
+
     def _encode_features(self, f: torch.Tensor) -> torch.Tensor:
         if self.class_codes is None:
             return self.quantizer.encode(f)
@@ -256,6 +281,18 @@ class SemanticTokenizer(nn.Module):
                                           labels.repeat_interleave(m))
         commitment = (f[:, None] - partial).square().sum(dim=2).mean(dim=0).sum()
         return loss + lambda1 * m * partial_ce + lambda2 * commitment
+
+
+class FrozenFcls(nn.Module):
+    """A tokenizer's f_cls on its own: its head, then L2 normalisation if supervised."""
+
+    def __init__(self, head: nn.Module, normalize: bool) -> None:
+        super().__init__()
+        self.head, self.normalize = head.requires_grad_(False), normalize
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        f = self.head(v)
+        return F.normalize(f, dim=-1) if self.normalize else f
 
 
 def _head(input_dim: int, dim: int, kind: str) -> nn.Module:

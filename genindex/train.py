@@ -173,7 +173,11 @@ def train_tokenizer(x: torch.Tensor, labels: torch.Tensor | None, config: IndexC
                          epoch_plan(tc.lr, epochs, tc.warmup_epochs, len(train), tc.batch_size),
                          config, "train tokenizer", progress, stopping)
     features = _f_cls(tokenizer, x)
-    tokenizer.quantizer.fit(features, tc.kmeans_iters, generator)
+    # class-first identifiers: the first codebook holds the class centres, so an item's
+    # first code is its nearest class centre's (nearest class mean) and the others its own
+    first = (tokenizer.class_centres(features, labels)[torch.unique(labels)]
+             if tc.identifiers == "class-first" else None)
+    tokenizer.quantizer.fit(features, tc.kmeans_iters, generator, first=first)
     if tokenizer.class_codes is not None:  # codebooks fit on the items, as the paper
         tokenizer.set_class_codes(tokenizer.class_centres(features, labels))
     distributed.sync_buffers(tokenizer)  # every rank encodes with rank 0's codebooks
@@ -279,11 +283,24 @@ def new_decoder(tokenizer: SemanticTokenizer, config: IndexConfig) -> Decoder:
     or (end to end) a trainable copy of the tokenizer's encoder's tokens."""
     quantizer = tokenizer.quantizer
     shape = (config.decoder, quantizer.codebook_size, quantizer.num_codebooks)
+    code_dim = quantizer.codebooks.shape[-1]
     if tokenizer.encoder is None:
-        return Decoder.for_vectors(*shape, tokenizer.input_dim)
-    backbone = copy.deepcopy(tokenizer.encoder).train().requires_grad_(True)
-    return Decoder(*shape, TokenMemory(backbone, config.decoder.n_embd,
-                                       config.decoder.input_dropout))
+        width, reader = decoder_input(tokenizer, config)
+        decoder = Decoder.for_vectors(*shape, width, code_dim, reader)
+    else:
+        backbone = copy.deepcopy(tokenizer.encoder).train().requires_grad_(True)
+        decoder = Decoder(*shape, TokenMemory(backbone, config.decoder.n_embd,
+                                              config.decoder.input_dropout), code_dim)
+    decoder.set_codewords(quantizer.codebooks)
+    return decoder
+
+
+def decoder_input(tokenizer: SemanticTokenizer, config: IndexConfig
+                  ) -> tuple[int, nn.Module | None]:
+    """(width, reader) of what a vector decoder reads (``config.decoder.input``)."""
+    if config.decoder.input == "f_cls":
+        return tokenizer.quantizer.codebooks.shape[-1], tokenizer.frozen_f_cls()
+    return tokenizer.input_dim, None
 
 
 def freeze(module: nn.Module) -> None:

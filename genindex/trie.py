@@ -27,7 +27,10 @@ tensors share memory with these arrays.
 
 from __future__ import annotations
 
+import hashlib
 import threading
+import weakref
+from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -305,3 +308,33 @@ def _sort_order(codes: np.ndarray, ids: np.ndarray, codebook_size: int) -> np.nd
 def _has_duplicates(sorted_by_code: np.ndarray) -> bool:
     ids = np.sort(sorted_by_code)
     return bool((ids[1:] == ids[:-1]).any())
+
+
+class FilterCache:
+    """Tries restricted to the allowed ids of a search filter, the last few kept.
+
+    An entry holds its source trie weakly: once an update replaces that trie,
+    the entry is dropped at the next filtered search.
+    """
+
+    def __init__(self, size: int = 4) -> None:
+        self._entries: OrderedDict[tuple, tuple[weakref.ref, Trie]] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def restrict(self, trie: Trie, allowed: np.ndarray) -> Trie:
+        """``trie`` without the items whose ids are not in ``allowed`` (sorted ids)."""
+        key = (id(trie), len(allowed), hashlib.sha256(allowed.tobytes()).digest())
+        with self._lock:
+            for stale in [k for k, (source, _) in self._entries.items() if source() is None]:
+                del self._entries[stale]
+            hit = self._entries.get(key)
+            if hit is not None and hit[0]() is trie:
+                self._entries.move_to_end(key)
+                return hit[1]
+        restricted = trie.remove(trie.ids[~np.isin(trie.ids, allowed)])
+        with self._lock:
+            self._entries[key] = (weakref.ref(trie), restricted)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+        return restricted

@@ -241,5 +241,34 @@ def test_class_identifiers_need_labels_to_be_set():
     assert tokenizer.class_codes is None  # unlabelled: plain RQ of the input
     with pytest.raises(RuntimeError, match="identifiers='class'"):
         tokenizer.set_class_codes(torch.randn(3, 6))
-    with pytest.raises(ValueError, match="identifiers must be 'feature' or 'class'"):
+    with pytest.raises(ValueError, match="identifiers must be 'feature', 'class' or"):
         TokenizerConfig(identifiers="item")
+
+
+def test_first_codebook_given_holds_the_centres_and_codes_are_the_nearest_one():
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.nn.functional.normalize(torch.randn(5, 8, generator=generator), dim=1)
+    f = centres[torch.arange(40) % 5] + 0.05 * torch.randn(40, 8, generator=generator)
+    quantizer = ResidualQuantizer(2, 8, 8)
+    quantizer.fit(f, 10, generator, first=centres)
+    assert torch.equal(quantizer.codebooks[0, :5], centres)
+    codes = quantizer.encode(f)
+    nearest = torch.cdist(f, centres).argmin(dim=1)
+    assert torch.equal(codes[:, 0], nearest)  # the repeats (rows 5..7) are never chosen
+    # the second level quantizes what the centre leaves
+    residual = f - centres[nearest]
+    assert (f - quantizer.decode(codes)).norm(dim=1).mean() < residual.norm(dim=1).mean()
+    # more centres than codewords: their k-means
+    quantizer.fit(f, 10, generator, first=f[:20])
+    assert len(torch.unique(quantizer.encode(f)[:, 0])) == 8
+
+
+def test_class_first_identifiers_put_a_class_behind_one_first_code():
+    tokenizer, x, labels = _class_tokenizer("class-first", size=16)  # 12 classes: all kept
+    assert tokenizer.class_codes is None
+    with torch.no_grad():
+        f = tokenizer.features(x)
+        codes = tokenizer.encode(x)
+    centres = tokenizer.class_centres(f, labels)
+    nearest = (f @ centres.T).argmax(dim=1)  # nearest class mean in f_cls
+    assert torch.equal(tokenizer.quantizer.codebooks[0][codes[:, 0]], centres[nearest])

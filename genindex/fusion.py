@@ -1,0 +1,56 @@
+"""Score fusion: the query's cosine to each codeword, added to the beam's log-probabilities.
+
+Residual quantization is additive: an item's f_cls is about the sum of its
+identifier's codewords, so for a query whose f_cls is ``q``,
+``q . f_cls(item) ~ sum_m q . c_{m, l_m}``. One (L x dim) product per level
+gives every code's share (:func:`codeword_scores`); beam search adds
+``weight`` times it to each code's log-probability, so an identifier's score
+becomes ``log p(identifier | query) + weight * q . (c_{1,l_1} + ... + c_{M,l_M})``:
+the decoder's order and the tokenizer's embedding in one beam. A prefix the
+decoder ranks low but whose codewords lie near the query survives the beam.
+The decoder itself knows nothing of it: the scores come in through
+:func:`genindex.beam.beam_search`'s ``prior``, as the trie's constraints do.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .tokenizer import SemanticTokenizer
+from .trie import Trie
+
+
+def codeword_scores(tokenizer: SemanticTokenizer, vectors: torch.Tensor,
+                    weight: float) -> torch.Tensor:
+    """(Q, M, L) float32: ``weight`` times the cosine share of every codeword, for the
+    queries' global feature ``vectors`` (Q, d): their normalised f_cls dotted with it."""
+    queries = F.normalize(tokenizer.f_cls(vectors).float(), dim=-1)
+    codebooks = tokenizer.quantizer.codebooks.float()  # (M, L, D)
+    return weight * torch.einsum("qd,mld->qml", queries, codebooks)
+
+
+def step_bias(trie: Trie, depth: int, child: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """(Q, width, L): what fusion adds to each candidate of step ``depth``.
+
+    ``child`` (Q, width, L) holds the node each code leads to (-1: not allowed);
+    ``prior`` is :func:`codeword_scores`. A candidate gets its code's score at
+    this level and, where its node has a single identifier below it (the beam
+    then finishes, its later codes forced), the scores of those later codes, so
+    that a finished identifier's score is complete when it competes.
+    """
+    bias = prior[:, depth, None, :].expand(child.shape).clone()
+    if depth + 1 == trie.num_codebooks:
+        return bias
+    query, beam, code = (child >= 0).nonzero(as_tuple=True)
+    first, count = trie.leaf_range(depth + 1, child[query, beam, code].long())
+    single = count == 1
+    query, beam, code, leaf = query[single], beam[single], code[single], first[single]
+    if not len(leaf):
+        return bias
+    rows = trie.tables(child.device).leaf_ptr[leaf].long().cpu().numpy()
+    later = torch.from_numpy(trie.codes[rows, depth + 1:].astype(np.int64)).to(child.device)
+    levels = torch.arange(depth + 1, trie.num_codebooks, device=child.device)
+    bias[query, beam, code] += prior[query[:, None], levels, later].sum(dim=1)
+    return bias
