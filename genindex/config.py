@@ -127,6 +127,16 @@ class DecoderConfig:
     lr: float = 2e-3
     warmup_epochs: int = 3
     neighbors: int = 10  # without labels: x2 is drawn from x1's nearest neighbours
+    # The decoder's targets: "partner", the identifier of a random other item of x1's
+    # class (the paper), or without labels of one of its `neighbors` nearest; "f_cls",
+    # of one of its `neighbors` nearest by the tokenizer's f_cls, drawn with odds
+    # softmax(cosine / temperature): the embedding's ranking distilled (docs/benchmarks.md).
+    targets: str = "partner"
+    temperature: float = 0.05
+    # Distillation: plus this weight times the cross-entropy of the first code toward
+    # softmax(cosine(f_cls of the input, first-level codeword) / temperature), the odds
+    # the tokenizer's own embedding gives; 0: off (docs/benchmarks.md).
+    distill: float = 0.0
     # Stopping rule: end training once the share of held-out items (IndexConfig.holdout)
     # whose greedily decoded identifier is a partner's has not improved for this many
     # epochs; 0 (the default): train every epoch. On the emoji validation split the
@@ -137,7 +147,7 @@ class DecoderConfig:
     def __post_init__(self) -> None:
         _check_positive(self, "n_layer", "n_head", "n_embd", "n_memory", "epochs",
                         "batch_size", "neighbors")
-        _check_nonnegative(self, "dropout", "input_dropout", "label_smoothing", "lr",
+        _check_nonnegative(self, "dropout", "input_dropout", "label_smoothing", "lr", "distill",
                            "warmup_epochs", "min_steps", "patience")
         if not (self.dropout < 1 and self.input_dropout < 1 and self.label_smoothing < 1):
             raise ValueError("DecoderConfig: dropout, input_dropout and label_smoothing "
@@ -151,6 +161,12 @@ class DecoderConfig:
         if self.input not in ("vector", "f_cls"):
             raise ValueError(f"DecoderConfig: input must be 'vector' or 'f_cls', "
                              f"got {self.input!r}")
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
+                or not self.temperature > 0:
+            raise ValueError(f"DecoderConfig: temperature must be > 0, got {self.temperature!r}")
+        if self.targets not in ("partner", "f_cls"):
+            raise ValueError(f"DecoderConfig: targets must be 'partner' or 'f_cls', "
+                             f"got {self.targets!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"DecoderConfig: n_embd={self.n_embd} must be divisible "
                              f"by n_head={self.n_head}")

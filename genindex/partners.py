@@ -6,7 +6,11 @@ other item of ``x_1``'s class, as in the paper. Without labels, one of
 ``x_1``'s ``neighbors`` nearest neighbours by L2 distance: mined exactly up to
 :data:`EXACT_NEIGHBORS` items, above that by a clustered search in matrix
 products (:func:`clustered_knn`: about ``NPROBE`` n^1.5 distances instead of
-n^2). Training draws a partner for every item once per epoch; a refresh draws
+n^2). With ``ranking`` (``DecoderConfig.targets="f_cls"``: the tokenizer's
+f_cls of every item), the partner is one of the item's ``neighbors`` nearest
+other items by cosine of f_cls, drawn with probability softmax(cosine /
+temperature): the embedding's ranking distilled into the decoder, labels or
+not. Training draws a partner for every item once per epoch; a refresh draws
 them for the items of each batch (:meth:`Partners.sample` with ``rows``).
 """
 
@@ -27,14 +31,24 @@ KMEANS_ITERS = 10
 
 
 class Partners:
-    """Draws partners for the rows of ``x`` (n, d): same class, or nearest neighbours."""
+    """Draws partners for the rows of ``x`` (n, d): same class, or nearest neighbours
+    (of ``x``, or of ``ranking`` (n, D), L2-normalised rows, weighted by cosine)."""
 
     def __init__(self, x: torch.Tensor, labels: torch.Tensor | None, neighbors: int,
-                 progress: bool = False) -> None:
+                 progress: bool = False, ranking: torch.Tensor | None = None,
+                 temperature: float = 0.05) -> None:
         self.x, self.device = x, x.device
         self.k = min(neighbors, max(len(x) - 1, 1))
         self._knn: torch.Tensor | None = None  # every row's neighbours, once drawn for all
-        self.labelled = labels is not None
+        self.weights: torch.Tensor | None = None  # (n, k) partner odds, with a ranking
+        self.labelled = labels is not None and ranking is None
+        if ranking is not None:
+            ranking = torch.nn.functional.normalize(ranking.to(self.device), dim=1)
+            self.neighbors = Neighbors(ranking, self.k, progress)
+            self._knn = self.neighbors(torch.arange(len(x), device=self.device))
+            cosine = (ranking[:, None, :] * ranking[self._knn]).sum(-1)
+            self.weights = torch.softmax(cosine / temperature, dim=1)
+            return
         if labels is None:
             self.neighbors = Neighbors(x, self.k, progress)
             return
@@ -52,6 +66,11 @@ class Partners:
         """A partner row (on ``x``'s device) for each of ``rows`` (default: every row)."""
         if rows is not None:
             rows = rows.to(self.device)
+        if self.weights is not None:
+            knn, odds = (self._knn, self.weights) if rows is None else \
+                (self._knn[rows], self.weights[rows])
+            pick = torch.multinomial(odds.cpu(), 1, generator=generator)[:, 0]
+            return knn[torch.arange(len(knn), device=self.device), pick.to(self.device)]
         if not self.labelled:
             knn = self._all_neighbors() if rows is None else self.neighbors(rows)
             pick = torch.randint(knn.shape[1], (len(knn),), generator=generator)

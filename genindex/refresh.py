@@ -38,7 +38,7 @@ from .loop import Plan, train_loop
 from .partners import Partners
 from .snapshot import Snapshot
 from .tokenizer import SemanticTokenizer
-from .train import decoder_loss
+from .train import Teacher, decoder_loss, decoder_partners, f_cls_teacher
 from .trie import Trie
 
 # Default length: 10 passes over the fresh items and their replay, at least 300
@@ -89,8 +89,11 @@ def refresh(snapshot: Snapshot, config: IndexConfig, labels: Any, ids: Any, *,
         data = new_class_codes(snapshot.tokenizer, data)
     if steps is None:
         steps = default_steps(len(data.fresh_rows), replay, config.decoder.batch_size)
-    decoder, history = refresh_decoder(snapshot.decoder, data, config, steps=steps,
-                                       replay=replay, refreshes=refreshes, progress=progress)
+    partners = decoder_partners(data.x, data.x, data.labels, snapshot.tokenizer, config)
+    teacher = f_cls_teacher(snapshot.tokenizer, data.x, config)
+    decoder, history = refresh_decoder(snapshot.decoder, data, partners, teacher, config,
+                                       steps=steps, replay=replay, refreshes=refreshes,
+                                       progress=progress)
     return snapshot._replace(decoder=decoder, trie=data.trie), history
 
 
@@ -161,7 +164,8 @@ def default_steps(fresh: int, replay: float, batch_size: int) -> int:
     return max(MIN_STEPS, DEFAULT_PASSES * per_pass)
 
 
-def refresh_decoder(decoder: Decoder, data: RefreshData, config: IndexConfig, *, steps: int,
+def refresh_decoder(decoder: Decoder, data: RefreshData, partners: Partners,
+                    teacher: Teacher | None, config: IndexConfig, *, steps: int,
                     replay: float, refreshes: int, progress: bool = False
                     ) -> tuple[Decoder, RefreshHistory]:
     """A fine-tuned copy of ``decoder`` (the original is left alone) and what it did.
@@ -173,7 +177,6 @@ def refresh_decoder(decoder: Decoder, data: RefreshData, config: IndexConfig, *,
     dc = config.decoder
     seed = config.seed + 7919 * (refreshes + 1)
     generator = torch.Generator().manual_seed(seed)
-    partners = Partners(data.x, data.labels, dc.neighbors)
     fresh = torch.from_numpy(data.fresh_rows)
     old = torch.from_numpy(np.setdiff1d(np.arange(len(data.x)), data.fresh_rows))
     num_replay = min(len(old), round(replay * len(fresh)))
@@ -191,7 +194,8 @@ def refresh_decoder(decoder: Decoder, data: RefreshData, config: IndexConfig, *,
         torch.manual_seed(seed)
         model = copy.deepcopy(decoder).requires_grad_(True)
         loss = train_loop(model, decoder_loss(data.x, data.codes,
-                                              data.trie if dc.constrained_loss else None),
+                                              data.trie if dc.constrained_loss else None,
+                                              teacher),
                           passes(), Plan(dc.lr * LR_SCALE, steps, 0), config,
                           "refresh decoder", progress)
     model.requires_grad_(False)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
@@ -96,9 +98,9 @@ def train_models(inputs: torch.Tensor, labels: torch.Tensor | None, config: Inde
             tokenizer.set_novelty(vectors if held is None else vectors[held])
         tokenized = time.perf_counter()
         decoder = new_decoder(tokenizer, config).to(inputs.device)
-        partners = Partners(inputs, labels, config.decoder.neighbors, progress)
+        partners = decoder_partners(inputs, vectors, labels, tokenizer, config, progress)
         decoder_stop = train_decoder(decoder, inputs, codes, partners, config, generator,
-                                     progress, held)
+                                     progress, held, f_cls_teacher(tokenizer, vectors, config))
         freeze(decoder)
     history = TrainHistory(tokenizer_stop.losses, decoder_stop.losses, tokenizer_stop.scores,
                            decoder_stop.scores, tokenized - started,
@@ -208,10 +210,23 @@ def identifier_accuracy(tokenizer: SemanticTokenizer, x: torch.Tensor,
     return float((tokenizer.classifier(f).argmax(dim=1) == labels).float().mean())
 
 
+@torch.no_grad()
+def decoder_partners(inputs: torch.Tensor, vectors: torch.Tensor, labels: torch.Tensor | None,
+                     tokenizer: SemanticTokenizer, config: IndexConfig,
+                     progress: bool = False) -> Partners:
+    """Who the decoder writes for each of ``inputs`` (``vectors``: their global features),
+    as ``config.decoder.targets`` says."""
+    dc = config.decoder
+    ranking = tokenizer.f_cls(vectors) if dc.targets == "f_cls" else None
+    return Partners(inputs, labels, dc.neighbors, progress, ranking, dc.temperature)
+
+
 def train_decoder(decoder: Decoder, x: torch.Tensor, codes: torch.Tensor, partners: Partners,
                   config: IndexConfig, generator: torch.Generator,
-                  progress: bool = True, held: torch.Tensor | None = None) -> Trained:
-    """Teach ``decoder`` to write ``codes[j]`` for input ``x[i]``, j a partner of i.
+                  progress: bool = True, held: torch.Tensor | None = None,
+                  teacher: Teacher | None = None) -> Trained:
+    """Teach ``decoder`` to write ``codes[j]`` for input ``x[i]``, j a partner of i
+    (and, with a ``teacher``, its first code's odds toward the teacher's).
 
     Each epoch ``partners`` draws one partner per item. ``held``: rows never read
     as inputs (they remain targets), scored by the stopping rule
@@ -231,7 +246,7 @@ def train_decoder(decoder: Decoder, x: torch.Tensor, codes: torch.Tensor, partne
 
     stopping = None if held is None or not dc.patience else Stopping(
         lambda: partner_accuracy(decoder, x, codes, partners, held), dc.patience)
-    history = train_loop(decoder, decoder_loss(x, codes, trie), passes(),
+    history = train_loop(decoder, decoder_loss(x, codes, trie, teacher), passes(),
                          epoch_plan(dc.lr, epochs, dc.warmup_epochs, len(train), dc.batch_size),
                          config, "train decoder", progress, stopping)
     distributed.sync_buffers(decoder)
@@ -262,18 +277,59 @@ def _complement(n: int, held: torch.Tensor | None, device: torch.device) -> torc
     return torch.nonzero(keep).flatten()
 
 
-def decoder_loss(x: torch.Tensor, codes: torch.Tensor, trie: Trie | None) -> BatchLoss:
+class Teacher(NamedTuple):
+    """The first code's odds an input's f_cls gives (``DecoderConfig.distill``):
+    softmax over the first-level codewords of cosine(f_cls, codeword) / temperature."""
+
+    f_cls: torch.Tensor  # (n, D) L2-normalised f_cls of every input row
+    codewords: torch.Tensor  # (L, D) L2-normalised first-level codewords
+    temperature: float
+    weight: float  # of this cross-entropy beside the partner's
+
+    def loss(self, rows: torch.Tensor, logits: torch.Tensor,
+             allowed: torch.Tensor | None) -> torch.Tensor:
+        """Mean cross-entropy of the first-code ``logits`` (B, L) of ``rows`` toward the
+        teacher's odds, both over the ``allowed`` (B, L) codes when given."""
+        teacher = self.f_cls[rows] @ self.codewords.T / self.temperature
+        student = logits.float()
+        if allowed is not None:
+            teacher = teacher.masked_fill(~allowed, -math.inf)
+            student = student.masked_fill(~allowed, -math.inf)
+        odds, log_q = teacher.softmax(dim=-1), student.log_softmax(dim=-1)
+        return -torch.where(odds > 0, odds * log_q, 0.0).sum(dim=-1).mean()
+
+
+@torch.no_grad()
+def f_cls_teacher(tokenizer: SemanticTokenizer, vectors: torch.Tensor,
+                  config: IndexConfig) -> Teacher | None:
+    """The decoder's teacher for inputs of global features ``vectors``, or None when
+    ``config.decoder.distill`` is 0."""
+    dc = config.decoder
+    if not dc.distill:
+        return None
+    f = F.normalize(tokenizer.f_cls(vectors).float(), dim=-1)
+    codewords = F.normalize(tokenizer.quantizer.codebooks[0].float(), dim=-1)
+    return Teacher(f, codewords.to(f.device), dc.temperature, dc.distill)
+
+
+def decoder_loss(x: torch.Tensor, codes: torch.Tensor, trie: Trie | None,
+                 teacher: Teacher | None = None) -> BatchLoss:
     """The loss of a batch of ``(input row, target row)`` pairs (B, 2): the decoder reads
     ``x`` of the input and writes the identifier ``codes`` of the target.
 
     With a ``trie`` (``DecoderConfig.constrained_loss``) each code's softmax is over
-    the codes the trie allows after its prefix, as beam search scores it.
+    the codes the trie allows after its prefix, as beam search scores it. With a
+    ``teacher``, plus its weight times the first code's cross-entropy toward it.
     """
     def loss(model: nn.Module, pairs: torch.Tensor) -> torch.Tensor:
         pairs = pairs.to(x.device)
         target = codes[pairs[:, 1]]
         allowed = None if trie is None else trie.allowed(target)
-        return model(x[pairs[:, 0]], target[:, :-1], target, allowed)[1]
+        logits, partner_loss = model(x[pairs[:, 0]], target[:, :-1], target, allowed)
+        if teacher is None:
+            return partner_loss
+        first = None if allowed is None else allowed[:, 0]
+        return partner_loss + teacher.weight * teacher.loss(pairs[:, 0], logits[:, 0], first)
 
     return loss
 

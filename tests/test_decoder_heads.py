@@ -79,6 +79,10 @@ def test_tied_head_is_a_scaled_codeword_cosine():
 @pytest.mark.parametrize("field,value,match", [
     ("head", "tied", "head must be 'free' or 'codebook'"),
     ("input", "pixels", "input must be 'vector' or 'f_cls'"),
+    ("targets", "class", "targets must be 'partner' or 'f_cls'"),
+    ("temperature", 0.0, "temperature must be > 0"),
+    ("temperature", True, "temperature must be > 0"),
+    ("distill", -0.5, "distill must be >= 0"),
 ])
 def test_bad_choices_are_refused(field, value, match):
     with pytest.raises(ValueError, match=match):
