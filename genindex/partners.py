@@ -46,7 +46,10 @@ class Partners:
             ranking = torch.nn.functional.normalize(ranking.to(self.device), dim=1)
             self.neighbors = Neighbors(ranking, self.k, progress)
             self._knn = self.neighbors(torch.arange(len(x), device=self.device))
-            cosine = (ranking[:, None, :] * ranking[self._knn]).sum(-1)
+            cosine = torch.cat([torch.einsum("nd,nkd->nk", ranking[rows], ranking[knn])
+                                for rows, knn in zip(
+                                    torch.arange(len(x), device=self.device).split(4096),
+                                    self._knn.split(4096))])  # (n, k) in blocks of rows
             self.weights = torch.softmax(cosine / temperature, dim=1)
             return
         if labels is None:
