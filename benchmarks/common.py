@@ -160,3 +160,10 @@ def status(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
     raise SystemExit(f"reading /proc/self/status (Linux only): no {field}")
+
+
+def throughput(search, queries: np.ndarray) -> tuple[np.ndarray, float]:
+    """Result ids of ``search(queries)`` and queries/s of that call."""
+    start = time.perf_counter()
+    ids = search(queries)
+    return ids, len(queries) / (time.perf_counter() - start)

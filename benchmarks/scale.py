@@ -41,10 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import metrics, provenance, report  # noqa: E402
 from benchmarks.baselines import HNSW, IVFPQ  # noqa: E402
-from benchmarks.common import GIB, status  # noqa: E402
+from benchmarks.common import GIB, status, throughput  # noqa: E402
 from benchmarks.labelled import NCM  # noqa: E402
 from benchmarks.rows import Table, TableSet  # noqa: E402
-from benchmarks.unlabelled import throughput  # noqa: E402
 from genindex import GenerativeIndex, IndexConfig  # noqa: E402
 
 K = 100  # results per query: MAP@100

@@ -2,10 +2,19 @@
 
     python benchmarks/unlabelled.py --dataset emoji [--split val] [--config FILE]
         [--beam-sizes 10,30,100] [--k-factors 1,3,10] [--seeds 3] [--out DIR]
+    python benchmarks/unlabelled.py --dataset emoji|fashion-mnist|synthetic --defaults
+        [--items 25000 --dim 64 --classes 400]
 
 The config is ``--config``'s file, else ``benchmarks/configs/unlabelled/<dataset>.json``
 where there is one (emoji: M 1, L 256 and a one-block decoder, chosen on emoji's
 validation split; docs/performance.md), else the library's defaults.
+``--defaults``: what a drop-in user gets, ``GenerativeIndex(d)``, ``train(x)``
+without labels, ``add(x)``, ``search(q, 10)`` with no config and no search
+argument (other seeds: the same preset, ``IndexConfig.preset("unlabelled")``,
+with that seed, and its search defaults).
+``--dataset synthetic``: clustered vectors made by ``scale.make_data``
+(``--items`` database vectors in ``--dim`` dimensions around ``--classes``
+centres, one query per class; seed 0 for the test split, 1 for val).
 
 What ``index.train(x)`` in existing ANN code does: ``GenerativeIndex.fit(db)``
 with no labels (partners are each item's nearest neighbours). One index per
@@ -34,9 +43,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import metrics, provenance, report  # noqa: E402
-from benchmarks.common import prepare, prepare_arguments, validation_split  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    prepare,
+    prepare_arguments,
+    throughput,
+    validation_split,
+)
 from benchmarks.rows import Table, TableSet  # noqa: E402
-from genindex import GenerativeIndex  # noqa: E402
+from genindex import GenerativeIndex, IndexConfig  # noqa: E402
 
 K = 10  # recall@10 against exact search
 # Each data set's config for this path, chosen on its validation split (docs/performance.md)
@@ -50,13 +64,6 @@ def quality(ids: np.ndarray, exact: np.ndarray, db_labels, q_labels) -> tuple[fl
     recall = np.mean([len(set(a[:K]) & set(b[:K])) / K for a, b in zip(ids, exact)])
     hits = metrics.relevance(ids[:, :1], db_labels, q_labels)
     return float(recall), float(hits[:, 0].mean())
-
-
-def throughput(search, queries: np.ndarray) -> tuple[np.ndarray, float]:
-    """Result ids of ``search(queries)`` and queries/s of that call."""
-    start = time.perf_counter()
-    ids = search(queries)
-    return ids, len(queries) / (time.perf_counter() - start)
 
 
 def faiss_rows(db: np.ndarray, queries: np.ndarray, exact, db_labels, q_labels) -> list:
@@ -114,10 +121,72 @@ def genindex_rows(db, queries, exact, db_labels, q_labels, args, config) -> list
     return rows
 
 
+def default_rows(db, queries, exact, db_labels, q_labels, args) -> list:
+    """The drop-in path: no config, no labels, no search argument (seed 0); other seeds
+    build the same preset with their seed and set its search defaults."""
+    from genindex.config import PRESET_SEARCH
+
+    measured, builds = [], []
+    for seed in range(args.seeds):
+        start = time.perf_counter()
+        if seed == 0:
+            index = GenerativeIndex(db.shape[1])
+        else:
+            index = GenerativeIndex(db.shape[1], IndexConfig.preset("unlabelled").replace(
+                seed=seed))
+            index.nprobe, index.k_factor = (PRESET_SEARCH["unlabelled"][name]
+                                            for name in ("nprobe", "k_factor"))
+        index.train(db, progress=not args.quiet)
+        index.add(db)
+        builds.append(time.perf_counter() - start)
+        print(f"seed {seed}: built in {builds[-1]:.1f} s, config "
+              f"{'default' if seed == 0 else 'preset unlabelled'}; nprobe {index.nprobe}, "
+              f"k_factor {index.k_factor:g}", flush=True)
+        ids, qps = throughput(lambda q, i=index: i.search(q, K).ids, queries)
+        measured.append((*quality(ids, exact, db_labels, q_labels), qps))
+    recall, p1, qps = (np.array(column) for column in zip(*measured))
+    return [("genindex, defaults (no config, no search arguments)", float(np.mean(builds)),
+             _spread(recall), _spread(p1), float("nan"), float(qps.mean()))]
+
+
 def _spread(values: np.ndarray) -> str:
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{values.mean():.3f} [{values.min():.3f}, {values.max():.3f}]"
+
+
+def name(args) -> str:
+    if args.dataset != "synthetic":
+        return args.dataset
+    return f"synthetic ({args.items:,} items, {args.dim} dimensions, {args.classes} centres)"
+
+
+def vectors(args):
+    """(database, its labels, queries, their labels) of the chosen data set and split."""
+    if args.dataset == "synthetic":
+        from benchmarks.scale import make_data
+
+        torch.set_num_threads(args.threads or torch.get_num_threads())
+        return make_data(args.items, args.classes, args.dim, seed=int(args.validation != "test"))
+    args.split = "val" if args.validation == "val" else "test"
+    config_file, args.config = args.config, None  # no dataset's tuned (labelled) config
+    setup = prepare(args)
+    args.config = config_file
+    if args.validation == "test":
+        return (setup.db, np.asarray(setup.data.db_labels), setup.queries,
+                np.asarray(setup.data.query_labels))
+    return validation_split(setup, args.validation)
+
+
+def chosen_config(args):
+    """(the config's name, the IndexConfig) of a run that is not --defaults."""
+    tuned = CONFIGS / f"{args.dataset}.json"
+    if args.config is None and tuned.is_file():
+        return (str(tuned.relative_to(CONFIGS.parents[2])),  # as the repo names it
+                IndexConfig.from_json(tuned.read_text()))
+    if args.config in (None, "default"):
+        return args.config, IndexConfig()
+    return args.config, IndexConfig.from_json(Path(args.config).read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,51 +198,46 @@ def main(argv: list[str] | None = None) -> int:
                         "set's validation split; heldout: database items as queries")
     parser.add_argument("--beam-sizes", default="10,30,100")
     parser.add_argument("--k-factors", default="1,3,10")
+    parser.add_argument("--defaults", action="store_true", help="the drop-in path: no "
+                        "config and no search arguments (--config, --beam-sizes and "
+                        "--k-factors are not read)")
+    parser.add_argument("--items", type=int, default=25_000, help="synthetic: database size")
+    parser.add_argument("--dim", type=int, default=64, help="synthetic: dimension")
+    parser.add_argument("--classes", type=int, default=400, help="synthetic: centres")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", type=Path, help="where results.json goes (default "
-                        "results/unlabelled-<dataset>[-<split>])")
+                        "results/unlabelled-<dataset>[-defaults][-<split>])")
     args = parser.parse_args(argv)
-    args.split = "val" if args.validation == "val" else "test"
-    config_file, args.config = args.config, None  # no dataset's tuned (labelled) config
-    setup = prepare(args)
-    if args.validation == "test":
-        db, queries = setup.db, setup.queries
-        db_labels, q_labels = np.asarray(setup.data.db_labels), np.asarray(
-            setup.data.query_labels)
+    db, db_labels, queries, q_labels = vectors(args)
+    if args.defaults:
+        config_file = "none (defaults)"
     else:
-        db, db_labels, queries, q_labels = validation_split(setup, args.validation)
-    from genindex import IndexConfig
-
-    tuned = CONFIGS / f"{args.dataset}.json"
-    if config_file is None and tuned.is_file():
-        config_file = str(tuned.relative_to(CONFIGS.parents[2]))  # as the repo names it
-        config = IndexConfig.from_json(tuned.read_text())
-    else:
-        config = IndexConfig() if config_file in (None, "default") else IndexConfig.from_json(
-            Path(config_file).read_text())
+        config_file, config = chosen_config(args)
     import faiss
 
     flat = faiss.IndexFlatL2(db.shape[1])
     flat.add(db)
     exact, qps = throughput(lambda q: flat.search(q, K)[1], queries)
-    print(f"{args.dataset}, split {args.validation}: {len(db)} database items, {len(queries)}"
+    print(f"{name(args)}, split {args.validation}: {len(db)} database items, {len(queries)}"
           f" queries, no labels in training; config {config_file or 'default'}", flush=True)
     rows = [("exact (Faiss IndexFlatL2)", 0.0, *quality(exact, exact, db_labels, q_labels),
              float(len(db)), qps)]
     rows += faiss_rows(db, queries, exact, db_labels, q_labels)
-    rows += genindex_rows(db, queries, exact, db_labels, q_labels, args, config)
+    rows += (default_rows(db, queries, exact, db_labels, q_labels, args) if args.defaults
+             else genindex_rows(db, queries, exact, db_labels, q_labels, args, config))
     body = []
-    for name, built, recall, p1, candidates, qps in rows:
+    for method, built, recall, p1, candidates, qps in rows:
         recall, p1 = (v if isinstance(v, str) else f"{v:.3f}" for v in (recall, p1))
-        body.append((name, f"{built:.1f}", recall, p1,
+        body.append((method, f"{built:.1f}", recall, p1,
                      "" if math.isnan(candidates) else f"{candidates:.0f}", f"{qps:.0f}"))
-    table = Table(f"{args.dataset}, split {args.validation}: {len(db)} database items, "
+    table = Table(f"{name(args)}, split {args.validation}: {len(db)} database items, "
                   f"{len(queries)} queries, no labels in training; config "
                   f"{config_file or 'default'}; genindex: mean [min, max] over {args.seeds} "
                   "seeds", ("method", "build s", "recall@10 vs exact", "class P@1",
                             "candidates", "queries/s"), tuple(body))
-    suffix = "" if args.validation == "test" else f"-{args.validation}"
-    report.write_table_set(TableSet(f"Unlabelled training on {args.dataset}", (table,),
+    suffix = ("-defaults" if args.defaults else "") + (
+        "" if args.validation == "test" else f"-{args.validation}")
+    report.write_table_set(TableSet(f"Unlabelled training on {name(args)}", (table,),
                                     provenance=provenance.here(threads=torch.get_num_threads())),
                            args.out or Path("results") / f"unlabelled-{args.dataset}{suffix}")
     return 0

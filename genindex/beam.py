@@ -48,6 +48,8 @@ TIMED_PARTS = ("encoder", "decoder", "mask", "select", "items")
 # Beams decoded at once by :func:`search`: the key/value cache takes about
 # n_layer * 2 * M * n_embd * 4 bytes a beam (0.56 MiB for the 24-layer decoder).
 BEAMS_IN_FLIGHT = 8192
+# (query, item) pairs ranked at once: bounds memory where leaves are large (a flat index)
+PAIRS_IN_FLIGHT = 1 << 22
 
 
 class Beams(NamedTuple):
@@ -82,17 +84,18 @@ def search(snapshot: Snapshot, queries: torch.Tensor, k: int, beam_size: int, *,
 
     The whole search pipeline: :func:`beam_search` over ``trie`` (default: the
     snapshot's; a filtered one restricts the results), then :func:`top_items`,
-    items sharing a leaf ranked by their L2 distance to the query where the
-    snapshot stores vectors. ``metric`` None: that generative order, scores
-    the identifiers' log-probabilities. ``"l2"`` / ``"ip"``: the generative
+    items sharing a leaf ranked by their L2 distance to the query (by inner
+    product, largest first, for ``metric="ip"``) where the snapshot stores
+    vectors. ``metric`` None: that generative order, scores the identifiers'
+    log-probabilities. ``"l2"`` / ``"ip"``: the generative
     top ``k * k_factor`` items (the candidates) ranked by their exact squared
     L2 distance (ascending) or inner product (descending) to the query, which
     are the scores; ``"semantic"``: ranked by the cosine of their f_cls to the
     query's (descending; see :func:`semantic_measure`). Both need stored
     vectors. ``fusion`` > 0 adds that weight times the query's cosine to each
     identifier's codewords to its log-probability inside the beam
-    (:mod:`genindex.fusion`). Queries go in batches of at most :data:`BEAMS_IN_FLIGHT` beams,
-    which bounds memory for any number of them.
+    (:mod:`genindex.fusion`). Queries go in batches of at most :data:`BEAMS_IN_FLIGHT` beams
+    and :data:`PAIRS_IN_FLIGHT` items ranked, which bounds memory for any number of them.
     ``beam_size`` is cut to the number of identifiers, and only the first
     ``min(k, items)`` columns are searched for: the others are padding (id -1,
     score :data:`PADDING`), however large ``k``.
@@ -105,7 +108,10 @@ def search(snapshot: Snapshot, queries: torch.Tensor, k: int, beam_size: int, *,
         return scores, ids
     pool = width if metric is None else min(len(trie), max(width, math.ceil(k * k_factor)))
     beam_size = min(beam_size, trie.num_leaves)  # more beams than identifiers find no more
-    size = max(1, BEAMS_IN_FLIGHT // beam_size)
+    # items read a query: the pool and the rest of the last leaf (all of a flat index's)
+    read = min(len(trie), pool + int(np.diff(trie.leaf_ptr).max())) if (
+        snapshot.vectors is not None) else pool
+    size = max(1, min(BEAMS_IN_FLIGHT // beam_size, PAIRS_IN_FLIGHT // read))
     with torch.inference_mode():
         for start in tqdm(range(0, len(queries), size), desc="search", unit="batch",
                           disable=not progress, leave=False):
@@ -129,8 +135,10 @@ def _search_batch(snapshot: Snapshot, trie: Trie, batch: torch.Tensor, beam_size
                 prior = fusion_scores.codeword_scores(snapshot.tokenizer, vectors, fusion)
     beams = beam_search(snapshot.decoder, batch, trie, beam_size, prior=prior, dtype=dtype,
                         timings=timings)
-    if snapshot.vectors is not None:
-        distance = snapshot.vectors.distance(batch.device, vectors, exact=False)
+    if snapshot.vectors is not None:  # a leaf's items in the metric's order (else by L2)
+        within = snapshot.vectors.distance(batch.device, vectors, "ip" if metric == "ip"
+                                           else "l2", exact=False)
+        distance = within if metric != "ip" else lambda query, ids: -within(query, ids)
     with _timed(timings, "items", batch.device):
         scores, ids = top_items(trie, beams, pool, distance)
         if metric is not None:  # the values returned as D: each pair computed exactly

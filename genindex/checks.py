@@ -247,10 +247,11 @@ def as_positive_int(value: Any, name: str) -> int:
 
 
 def as_k_factor(value: Any) -> float:
-    """The metric order's candidates per result: a number in [1, 2**20]."""
+    """The metric order's candidates per result: a number in [0, 2**20]; below 1 (Faiss
+    accepts 0, "no re-rank") the candidates are the ``k`` results themselves."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not 1 <= value <= 2**20:
-        raise ValueError(f"k_factor must be a number in [1, 2**20], got {value!r}")
+            or not 0 <= value <= 2**20:
+        raise ValueError(f"k_factor must be a number in [0, 2**20], got {value!r}")
     return float(value)
 
 

@@ -8,22 +8,32 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-# The paper's settings (appendix A, section 4.3), one line each; the fields not
-# named keep the defaults below. ``IndexConfig.paper()`` puts them together.
-PAPER: dict[str, dict[str, Any]] = {
-    # tokenizer: batch 128 for 200 epochs, lr 5e-4 after 20 warm-up epochs
-    "tokenizer": dict(batch_size=128, epochs=200, lr=5e-4, warmup_epochs=20, min_steps=0,
-                      patience=0),
-    # decoder: 12 blocks of width 768, batch 64 for 200 epochs, lr 4e-5 after 20 warm-up epochs
-    "decoder": dict(n_layer=12, n_head=12, n_embd=768, batch_size=64, epochs=200, lr=4e-5,
-                    warmup_epochs=20, min_steps=0, patience=0),
-    # million-image sets (section 4.3): the same decoder, 24 blocks deep
-    "decoder-large": dict(n_layer=24),
-    # the encoder is fine-tuned with both parts, at 1/100 of their learning rate
-    "index": dict(end_to_end=True, backbone_lr_scale=0.01),
+# The presets, one line a part; the fields not named keep the defaults below.
+PRESET_TABLE: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {  # the paper's settings (appendix A, section 4.3): IndexConfig.paper()
+        # tokenizer: batch 128 for 200 epochs, lr 5e-4 after 20 warm-up epochs
+        "tokenizer": dict(batch_size=128, epochs=200, lr=5e-4, warmup_epochs=20, min_steps=0,
+                          patience=0),
+        # decoder: 12 blocks of width 768, batch 64 for 200 epochs, lr 4e-5 after 20 warm-up
+        "decoder": dict(n_layer=12, n_head=12, n_embd=768, batch_size=64, epochs=200,
+                        lr=4e-5, warmup_epochs=20, min_steps=0, patience=0),
+        # the encoder is fine-tuned with both parts, at 1/100 of their learning rate
+        "index": dict(end_to_end=True, backbone_lr_scale=0.01)},
+    # million-image sets (section 4.3): the paper's decoder, 24 blocks deep
+    "paper-large": {"decoder": dict(n_layer=24)},
+    # No labels and no config given (GenerativeIndex(d).train(x)), chosen on validation
+    # splits for recall against exact search (docs/benchmarks.md): one code, L from the
+    # number of items (unlabelled_codebook_size), a one-block decoder; searched in the
+    # metric order over the items of the `nprobe` best codes, `k * k_factor` at most.
+    "unlabelled": {
+        "tokenizer": dict(num_codebooks=1),
+        "decoder": dict(n_layer=1, n_head=4, n_embd=256, batch_size=256, epochs=10,
+                        min_steps=600, warmup_epochs=1),
+        "search": dict(nprobe=32, k_factor=200)},
 }
 PRESETS = ("default", "paper", "paper-large")  # names the command line takes (--config)
 # Training's arithmetic: "auto", bfloat16 autocast where the hardware has it (CUDA; a CPU
@@ -35,10 +45,9 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 class TokenizerConfig:
     """The semantic image tokenizer (paper section 3.1, eq. 1-4).
 
-    ``num_codebooks`` is M (the ID length), ``codebook_size`` is L. When a
-    training set has fewer items than L, training shrinks L to the number of
-    items (k-means cannot place more centroids than points) and the index
-    records the size it used; see :func:`genindex.train.train_tokenizer`.
+    ``num_codebooks`` is M (the ID length), ``codebook_size`` is L. A training
+    set of fewer items than L trains no model: the index is flat, one
+    identifier for every item and exact search (see :func:`genindex.train.flat_models`).
     """
 
     num_codebooks: int = 4
@@ -88,7 +97,7 @@ class TokenizerConfig:
     @classmethod
     def paper(cls, **overrides: Any) -> TokenizerConfig:
         """The paper's tokenizer training (appendix A)."""
-        return cls(**{**PAPER["tokenizer"], **overrides})
+        return cls(**{**PRESET_TABLE["paper"]["tokenizer"], **overrides})
 
 
 @dataclass(frozen=True)
@@ -174,12 +183,12 @@ class DecoderConfig:
     @classmethod
     def paper(cls, **overrides: Any) -> DecoderConfig:
         """The paper's decoder and its training (appendix A): 12 blocks of width 768."""
-        return cls(**{**PAPER["decoder"], **overrides})
+        return cls(**{**PRESET_TABLE["paper"]["decoder"], **overrides})
 
     @classmethod
     def paper_large(cls, **overrides: Any) -> DecoderConfig:
         """The paper's decoder for million-image sets (section 4.3): 24 blocks of width 768."""
-        return cls.paper(**{**PAPER["decoder-large"], **overrides})
+        return cls.paper(**{**PRESET_TABLE["paper-large"]["decoder"], **overrides})
 
 
 @dataclass(frozen=True)
@@ -232,7 +241,17 @@ class IndexConfig:
     def paper(cls, large: bool = False) -> IndexConfig:
         """The paper's setup (appendix A); ``large``: the decoder of section 4.3."""
         decoder = DecoderConfig.paper_large() if large else DecoderConfig.paper()
-        return cls(tokenizer=TokenizerConfig.paper(), decoder=decoder, **PAPER["index"])
+        return cls(tokenizer=TokenizerConfig.paper(), decoder=decoder,
+                   **PRESET_TABLE["paper"]["index"])
+
+    @classmethod
+    def unlabelled(cls, n: int, **overrides: Any) -> IndexConfig:
+        """The config an index without a given config trains with on ``n`` unlabelled
+        items: :data:`PRESET_TABLE`'s ``"unlabelled"``, L from ``n``."""
+        parts = PRESET_TABLE["unlabelled"]
+        tokenizer = TokenizerConfig(**parts["tokenizer"],
+                                    codebook_size=unlabelled_codebook_size(n))
+        return cls(tokenizer=tokenizer, decoder=DecoderConfig(**parts["decoder"]), **overrides)
 
     @classmethod
     def preset(cls, name: str) -> IndexConfig:
@@ -264,6 +283,12 @@ class IndexConfig:
     @classmethod
     def from_json(cls, text: str) -> IndexConfig:
         return cls.from_dict(json.loads(text))
+
+
+def unlabelled_codebook_size(n: int) -> int:
+    """L of the unlabelled preset: the power of two nearest sqrt(n) (Faiss's rule of
+    thumb for IVF lists), at least 256 (fewer items than that: an exact flat index)."""
+    return max(256, 2 ** round(math.log2(max(n, 1)) / 2))
 
 
 def _check_fields(cls: type, values: dict[str, Any]) -> None:

@@ -3,7 +3,7 @@
 :class:`FaissMethods` is a mixin of :class:`genindex.GenerativeIndex`: ``d``,
 ``ntotal``, ``is_trained``, ``reset``, ``save``/``load`` (Faiss's
 ``write_index``/``read_index``), ``metric_type``, ``nprobe`` (the default
-beam size), ``reconstruct*``,
+beam size), ``reconstruct*``, ``sa_encode``/``sa_decode`` (``IndexFlat``'s codes),
 ``search_and_reconstruct``, ``range_search``, ``merge_from``, pickling (through
 the one-file format: no pickled Python objects inside) and the refusal of
 attributes an index does not have, so that a Faiss knob is never silently
@@ -141,6 +141,14 @@ class FaissMethods:
     def is_trained(self) -> bool:
         return self._state is not None
 
+    @property
+    def is_flat(self) -> bool:
+        """Whether the index was trained on too few items for models (fewer than L):
+        every item has one identifier and a search ranks them all exactly (``IndexFlat``).
+        ``train`` on enough items then trains the models, keeping the items."""
+        state = self._state
+        return state is not None and state.tokenizer.quantizer.codebook_size == 1
+
     def reset(self) -> None:
         """Remove every item; the trained model stays."""
         with self._lock:
@@ -174,6 +182,11 @@ class FaissMethods:
     @k_factor.setter
     def k_factor(self, value: float) -> None:
         self._k_factor = checks.as_k_factor(value)
+
+    def _take_search_defaults(self, search: dict[str, Any]) -> None:
+        """A preset's default ``nprobe`` and ``k_factor``, where the caller set none."""
+        self._nprobe = search["nprobe"] if self._nprobe is None else self._nprobe
+        self._k_factor = search["k_factor"] if self._k_factor == 1 else self._k_factor
 
     def __setattr__(self, name: str, value: Any) -> None:
         if (not name.startswith("_") and name not in self.__dict__
@@ -225,6 +238,32 @@ class FaissMethods:
         lims = np.zeros(len(ids) + 1, np.int64)
         lims[1:] = np.cumsum(inside.sum(axis=1))
         return RangeSearchResult(lims, scores[inside], ids[inside])
+
+    # ------------------------------------------------- standalone codes
+    def sa_code_size(self) -> int:
+        """Bytes of one item's standalone code: its float32 vector, as ``IndexFlat``'s."""
+        self._check_sa("sa_code_size")
+        return 4 * self.d
+
+    def sa_encode(self, x: Any) -> np.ndarray:
+        """(n, 4 * d) uint8: the float32 bytes of the vectors the index would store for
+        ``x`` (images: their backbone features), as ``IndexFlat.sa_encode``."""
+        self._check_sa("sa_encode")
+        return self.embed(x).view(np.uint8)
+
+    def sa_decode(self, codes: Any) -> np.ndarray:
+        """(n, d) float32: the vectors of :meth:`sa_encode`'s codes (n, 4 * d) uint8."""
+        self._check_sa("sa_decode")
+        codes = np.asarray(codes)
+        if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != 4 * self.d:
+            raise ValueError(f"codes must be a uint8 array (n, {4 * self.d}) (sa_code_size "
+                             f"bytes a row), got {codes.dtype} {codes.shape}")
+        return np.ascontiguousarray(codes).view(np.float32).copy()
+
+    def _check_sa(self, method: str) -> None:
+        if not self.config.store_vectors:
+            raise ValueError(f"{method}: the standalone code of an item is its stored vector; "
+                             "this index stores none (IndexConfig(store_vectors=False))")
 
     def _stored_vectors(self, method: str):
         store = self._require_trained().vectors

@@ -5,11 +5,11 @@
 >>> index = GenerativeIndex.fit(paths, labels, backbone="efficientnet-lite0")
 >>> D, I = index.search(query_paths, k=10)         # images in, ids out
 
-``D`` (n, k) float32 is in the metric's units, as Faiss's: squared L2,
-ascending, or inner products, descending; with ``order="generative"`` or no
-stored vectors, log-probabilities, descending; with ``order="semantic"``, f_cls
-cosines, descending. ``I`` (n, k) int64 is ``-1``
-past the results (``D``: :data:`genindex.beam.PADDING`). Ids are positions,
+``D`` (n, k) float32 is in the metric's units, as Faiss's: squared L2, ascending,
+or inner products, descending; with ``order="generative"`` or no stored vectors,
+log-probabilities, descending; with ``order="semantic"``, f_cls cosines,
+descending. ``I`` (n, k) int64 is ``-1`` past the results (``D``:
+:data:`genindex.beam.PADDING`). Ids are positions,
 renumbered by ``remove_ids`` (``faiss.IndexFlat``), or with ``id_map=True``
 those given (``faiss.IndexIDMap2``). With a backbone, data is images
 (:mod:`genindex.inputs`) or, unless end to end, the backbone's features.
@@ -33,13 +33,14 @@ from .backbones import Backbone, get_backbone
 from .beam import compute_dtype, search
 from .cache import FeatureCache
 from .checks import NotTrainedError, default_device
-from .config import IndexConfig
+from .config import PRESET_TABLE, IndexConfig
 from .decoder import Decoder
+from .flat import models_for
 from .inputs import ModelInputs, model_inputs, open_cache
 from .refresh import RefreshHistory, refresh
 from .snapshot import NO_IDS, Snapshot
 from .tokenizer import SemanticTokenizer
-from .train import Models, TrainHistory, train_models
+from .train import Models, TrainHistory
 from .trie import FilterCache
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class GenerativeIndex(faiss_api.FaissMethods):
         self._d = checks.as_dim(d, None if self.backbone is None else self.backbone.feature_dim)
         checks.check_cache(cache_dir, cache)
         self.config = config or IndexConfig()
+        self._preset = config is None  # trained without labels: IndexConfig.unlabelled
         self.metric = faiss_api.as_metric(metric, self.config.store_vectors)
         self.id_map, self.verbose, self._nprobe, self._k_factor = id_map, False, None, 1.0
         self.cache_dir, self.cache = cache_dir, cache
@@ -91,8 +93,7 @@ class GenerativeIndex(faiss_api.FaissMethods):
         self.history: TrainHistory | None = None
         self.device = torch.device("cpu")
         self._state: Snapshot | None = None
-        self._next_id = 0
-        self._refreshes = 0
+        self._next_id, self._refreshes = 0, 0
         self._filters = FilterCache()
         self._lock = threading.RLock()
 
@@ -227,17 +228,14 @@ class GenerativeIndex(faiss_api.FaissMethods):
                 replay: float = 1.0, progress: bool = False) -> RefreshHistory:
         """Fine-tune the decoder on the items added since it was last trained or refreshed.
 
-        ``add`` alone gives new items identifiers the decoder was never taught to
-        write; ``refresh`` teaches them (see :mod:`genindex.refresh`), replaying
-        ``replay`` times as many old items so that old ones are not forgotten.
-        ``labels``: classes of the items ``ids`` (default: every item, by
-        increasing id), which must include every fresh item; without labels,
-        pairs come from nearest neighbours. ``steps``: optimizer steps (default:
-        about 10 passes over the fresh items and their replay). Needs the stored
-        vectors (``store_vectors``, not end to end). With class identifiers, a
-        label none of whose items was there before the refresh is a new class: its
-        items move to a leaf of their own (see :meth:`identifiers`). Searches run
-        on the old decoder until the new one replaces it; other updates wait.
+        ``add`` gives new items identifiers the decoder was never taught to write;
+        ``refresh`` teaches them (:mod:`genindex.refresh`), replaying ``replay`` times
+        as many old items. ``labels``: classes of the items ``ids`` (default: every
+        item, by id), every fresh item among them; without labels, pairs come from
+        nearest neighbours. ``steps``: optimizer steps (default: about 10 passes).
+        Needs stored vectors, not end to end. A label new since the last training
+        is a new class, whose items move to a leaf of their own. Searches run on
+        the old decoder until the new one replaces it; other updates wait.
         """
         with self._lock:
             state = self._require_trained()
@@ -270,8 +268,7 @@ class GenerativeIndex(faiss_api.FaissMethods):
 
     def encode(self, x: Any) -> np.ndarray:
         """The identifier (n, M) the tokenizer gives each input."""
-        tokenizer = self._require_trained().tokenizer
-        inputs = self._inputs(x, progress=False).tensor
+        tokenizer, inputs = self._require_trained().tokenizer, self._inputs(x, False).tensor
         with torch.inference_mode():
             return tokenizer.encode(inputs).cpu().numpy()
 
@@ -357,17 +354,20 @@ class GenerativeIndex(faiss_api.FaissMethods):
     def _train(self, inputs: ModelInputs, labels: Any, progress: bool) -> Models:
         n = len(inputs.tensor)
         y = None if labels is None else checks.as_labels(labels, n)
-        if n < 2:
-            raise ValueError(f"x must have at least 2 items to train on, got {n}")
-        if self.ntotal:
+        if self.ntotal and not self.is_flat:
             raise ValueError(f"the index holds {self.ntotal} items, whose identifiers a new "
                              "tokenizer would invalidate: call reset() before train()")
         yt = None if y is None else torch.from_numpy(y).to(self.device)
-        models = train_models(inputs.tensor, yt, self.config,
-                              self.backbone if self.end_to_end else None, progress)
+        preset = y is None and self._preset and not self.end_to_end
+        config = IndexConfig.unlabelled(n) if preset else self.config
+        models = models_for(inputs.tensor, yt, config,
+                            self.backbone if self.end_to_end else None, progress)
         with self._lock:
+            if config is not self.config:  # the unlabelled preset and its search defaults
+                self.config = config
+                self._take_search_defaults(PRESET_TABLE["unlabelled"]["search"])
             self._state = Snapshot.empty(models.tokenizer, models.decoder, self.d,
-                                         self.config.store_vectors)
+                                         self.config.store_vectors).with_items_of(self._state)
             self.history, self._refreshes = models.history, 0
         return models
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+import torch
 
 from .decoder import Decoder
 from .store import VectorStore
@@ -37,6 +38,18 @@ class Snapshot(NamedTuple):
         quantizer = tokenizer.quantizer
         trie = Trie.empty(quantizer.num_codebooks, quantizer.codebook_size)
         return cls(tokenizer, decoder, trie, VectorStore.empty(d) if store_vectors else None)
+
+    def with_items_of(self, held: Snapshot | None) -> Snapshot:
+        """This snapshot plus the items of ``held`` (a flat index's, or None), under the
+        identifiers this tokenizer gives their stored vectors, as fresh items."""
+        if held is None or not len(held.trie):
+            return self
+        ids = held.trie.ids
+        vectors = held.vectors.get(ids)
+        device = self.tokenizer.quantizer.codebooks.device
+        with torch.inference_mode():
+            codes = self.tokenizer.encode_vectors(torch.from_numpy(vectors).to(device))
+        return self.insert(codes.cpu().numpy(), vectors, ids, fresh=True)
 
     def insert(self, codes: np.ndarray, vectors: np.ndarray | None, ids: np.ndarray,
                fresh: bool) -> Snapshot:

@@ -124,9 +124,9 @@ def pair_values(vectors: torch.Tensor, queries: torch.Tensor, query_index: torch
         step = max(1, CHUNK // max(vectors.shape[1], 1))
         for start in range(0, len(rows), step):
             part = slice(start, start + step)
-            found, query = vectors[rows[part]], queries[query_index[part]]
-            values[part] = ((found * query).sum(dim=1) if metric == "ip"
-                            else (found - query).square().sum(dim=1))
+            found, query = vectors[rows[part]], queries[query_index[part]]  # new tensors
+            values[part] = (found.mul_(query) if metric == "ip"
+                            else found.sub_(query).square_()).sum(dim=1)
     if order is None:
         return values
     return torch.empty_like(values).index_copy_(0, order, values)  # back in the caller's order

@@ -80,9 +80,7 @@ def train_models(inputs: torch.Tensor, labels: torch.Tensor | None, config: Inde
                  backbone: Backbone | None, progress: bool) -> Models:
     """Tokenizer first, then decoder; ``inputs`` are vectors, or pixels end to end."""
     end_to_end = config.end_to_end and backbone is not None
-    if end_to_end and labels is None:
-        raise ValueError("labels are required in end-to-end mode: the backbone is fine-tuned "
-                         "by the classification loss (or set end_to_end=False)")
+    check_end_to_end(labels, end_to_end)
     generator = torch.Generator().manual_seed(config.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
@@ -109,6 +107,12 @@ def train_models(inputs: torch.Tensor, labels: torch.Tensor | None, config: Inde
              history.tokenizer_s, len(history.tokenizer_loss), history.decoder_s,
              len(history.decoder_loss))
     return Models(tokenizer, decoder, history, codes, vectors)
+
+
+def check_end_to_end(labels: torch.Tensor | None, end_to_end: bool) -> None:
+    if end_to_end and labels is None:
+        raise ValueError("labels are required in end-to-end mode: the backbone is fine-tuned "
+                         "by the classification loss (or set end_to_end=False)")
 
 
 class Trained(NamedTuple):

@@ -200,6 +200,63 @@ def test_params_out_arrays_and_nprobe_are_real_knobs(trained, data, tmp_path):
         index.ntotal = 5
 
 
+@pytest.mark.parametrize("metric, flat", [("l2", "IndexFlatL2"), ("ip", "IndexFlatIP")])
+def test_training_on_fewer_items_than_l_gives_an_exact_flat_index(data, metric, flat, tmp_path):
+    x = data[0] * 3  # not normalised: inner products and distances order items differently
+    index = GenerativeIndex(x.shape[1], TINY, metric=metric)
+    index.train(x[:1], progress=False)  # a vector store's first upsert: one item
+    assert index.is_flat and index.history.decoder_loss == []
+    index.add(x)
+    reference = getattr(faiss, flat)(x.shape[1])
+    reference.add(x)
+    queries = x[::9] + 0.1
+    same_results(index.search(queries, 7), reference.search(queries, 7))  # default search
+    index.remove_ids(np.arange(0, 40))
+    reference.remove_ids(np.arange(0, 40))
+    same_results(index.search(queries, 7), reference.search(queries, 7))
+    index.save(tmp_path / "flat")
+    loaded = GenerativeIndex.load(tmp_path / "flat")
+    assert loaded.is_flat
+    same_results(loaded.search(queries, 7), reference.search(queries, 7))
+    index.train(x, progress=False)  # enough items now: models trained, the items kept
+    assert not index.is_flat and index.ntotal == reference.ntotal
+    np.testing.assert_array_equal(np.sort(index.ids), np.arange(reference.ntotal))
+    np.testing.assert_array_equal(index.reconstruct_n(0, 5), reference.reconstruct_n(0, 5))
+    same_results(index.search(queries, 7, **exhaustive(index)), reference.search(queries, 7))
+
+
+def test_k_factor_zero_means_no_extra_candidates_as_faiss_accepts_it(trained, data):
+    x = data[0][::9]
+    index = copy.copy(trained)
+    index.k_factor = 0  # ann-benchmarks' "no re-rank"
+    assert index.k_factor == 0
+    same_results(index.search(x, 4), trained.search(x, 4, k_factor=1))
+    same_results(trained.search(x, 4, k_factor=0.5), trained.search(x, 4, k_factor=1))
+    for bad in (-1, 2**21, float("nan"), True, "1"):
+        with pytest.raises(ValueError, match="k_factor must be a number in"):
+            index.k_factor = bad
+    assert index.k_factor == 0
+
+
+def test_standalone_codes_are_index_flat_s(trained, data):
+    x = data[0][:7]
+    reference = faiss.IndexFlatL2(x.shape[1])
+    codes = trained.sa_encode(x)
+    assert trained.sa_code_size() == reference.sa_code_size()
+    np.testing.assert_array_equal(codes, reference.sa_encode(x))
+    np.testing.assert_array_equal(trained.sa_decode(codes), reference.sa_decode(codes))
+    assert trained.sa_decode(codes).dtype == np.float32
+    np.testing.assert_array_equal(trained.sa_decode(codes[::2]), x[::2])  # strided input
+    with pytest.raises(ValueError, match="codes must be a uint8 array"):
+        trained.sa_decode(codes[:, :-1])
+    with pytest.raises(ValueError, match="codes must be a uint8 array"):
+        trained.sa_decode(codes.astype(np.int16))
+    bare = GenerativeIndex(x.shape[1], IndexConfig(store_vectors=False))
+    for call in (bare.sa_code_size, lambda: bare.sa_encode(x), lambda: bare.sa_decode(codes)):
+        with pytest.raises(ValueError, match="stores none"):
+            call()
+
+
 def test_pickle_and_deepcopy_go_through_the_index_file(trained, data):
     x = data[0][::9]
     blob = pickle.dumps(trained)

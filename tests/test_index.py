@@ -317,7 +317,7 @@ def test_paper_presets_come_from_one_table_and_the_benchmark_file_equals_them():
     from pathlib import Path
 
     from genindex.cli_inputs import read_config
-    from genindex.config import PAPER, PRESETS, DecoderConfig, TokenizerConfig
+    from genindex.config import PRESET_TABLE, PRESETS, DecoderConfig, TokenizerConfig
 
     saved = Path(__file__).resolve().parent.parent / "benchmarks" / "configs" / "paper.json"
     paper = IndexConfig.paper()
@@ -328,7 +328,8 @@ def test_paper_presets_come_from_one_table_and_the_benchmark_file_equals_them():
         128, 200, 5e-4)
     assert (paper.decoder.n_layer, paper.decoder.n_embd, paper.decoder.lr) == (12, 768, 4e-5)
     assert paper.end_to_end and paper.backbone_lr_scale == 0.01
-    assert paper.tokenizer == TokenizerConfig.paper() == TokenizerConfig(**PAPER["tokenizer"])
+    assert paper.tokenizer == TokenizerConfig.paper() == TokenizerConfig(
+        **PRESET_TABLE["paper"]["tokenizer"])
     assert paper.decoder == DecoderConfig.paper()
     assert IndexConfig.paper(large=True).decoder == DecoderConfig.paper_large()
     assert DecoderConfig.paper_large().n_layer == 24
@@ -338,6 +339,24 @@ def test_paper_presets_come_from_one_table_and_the_benchmark_file_equals_them():
     assert IndexConfig.preset("default") == IndexConfig()
     with pytest.raises(ValueError, match="unknown preset"):
         IndexConfig.preset("paper-xl")
+    unlabelled = IndexConfig.unlabelled(1_000_000)  # the no-label preset, L from n
+    assert unlabelled.decoder == DecoderConfig(**PRESET_TABLE["unlabelled"]["decoder"])
+    assert (unlabelled.tokenizer.num_codebooks, unlabelled.tokenizer.codebook_size) == (1, 1024)
+    assert IndexConfig.unlabelled(300).tokenizer.codebook_size == 256
+
+
+def test_no_config_and_no_labels_trains_the_unlabelled_preset_and_keeps_set_knobs(data):
+    from genindex.config import PRESET_TABLE
+
+    x = np.concatenate([data[0]] * 2)  # 400 items: enough for L = 256
+    index = GenerativeIndex(x.shape[1])
+    index.k_factor = 3  # set by the caller: kept
+    index.train(x, progress=False)
+    assert index.config == IndexConfig.unlabelled(len(x))
+    assert (index.nprobe, index.k_factor) == (PRESET_TABLE["unlabelled"]["search"]["nprobe"], 3)
+    given = GenerativeIndex(x.shape[1], TINY)  # a config given: used as it is
+    given.train(x, progress=False)
+    assert given.config == TINY and (given.nprobe, given.k_factor) == (None, 1)
 
 
 def test_fit_encodes_the_training_set_once_and_adds_what_training_computed(data, monkeypatch):

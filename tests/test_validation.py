@@ -163,8 +163,11 @@ def test_constructor_arguments_are_checked():
         GenerativeIndex(4, cache_dir=False)  # one type a parameter: cache= turns it off
     with pytest.raises(TypeError, match="cache must be True or False"):
         GenerativeIndex(4, cache=None)
-    with pytest.raises(ValueError, match="x must have at least 2 items"):
-        GenerativeIndex.fit(np.ones((1, 4), np.float32), None, TINY, progress=False)
+    with pytest.raises(ValueError, match="x is empty"):
+        GenerativeIndex.fit(np.ones((0, 4), np.float32), None, TINY, progress=False)
+    few = TINY.replace(store_vectors=False)
+    with pytest.raises(ValueError, match="too few to train on .*store_vectors=True"):
+        GenerativeIndex.fit(np.ones((3, 4), np.float32), None, few, progress=False)
 
 
 def test_an_untrained_index_says_so_as_faiss_does_and_by_value_error(data):
