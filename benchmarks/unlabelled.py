@@ -10,8 +10,8 @@ where there is one (emoji: M 1, L 256 and a one-block decoder, chosen on emoji's
 validation split; docs/performance.md), else the library's defaults.
 ``--defaults``: what a drop-in user gets, ``GenerativeIndex(d)``, ``train(x)``
 without labels, ``add(x)``, ``search(q, 10)`` with no config and no search
-argument (other seeds: the same preset, ``IndexConfig.preset("unlabelled")``,
-with that seed, and its search defaults).
+argument (other seeds: the same preset, ``IndexConfig.unlabelled(n, seed=...)``,
+and its search defaults).
 ``--dataset synthetic``: clustered vectors made by ``scale.make_data``
 (``--items`` database vectors in ``--dim`` dimensions around ``--classes``
 centres, one query per class; seed 0 for the test split, 1 for val).
@@ -124,7 +124,7 @@ def genindex_rows(db, queries, exact, db_labels, q_labels, args, config) -> list
 def default_rows(db, queries, exact, db_labels, q_labels, args) -> list:
     """The drop-in path: no config, no labels, no search argument (seed 0); other seeds
     build the same preset with their seed and set its search defaults."""
-    from genindex.config import PRESET_SEARCH
+    from genindex.config import PRESET_TABLE
 
     measured, builds = [], []
     for seed in range(args.seeds):
@@ -132,10 +132,9 @@ def default_rows(db, queries, exact, db_labels, q_labels, args) -> list:
         if seed == 0:
             index = GenerativeIndex(db.shape[1])
         else:
-            index = GenerativeIndex(db.shape[1], IndexConfig.preset("unlabelled").replace(
-                seed=seed))
-            index.nprobe, index.k_factor = (PRESET_SEARCH["unlabelled"][name]
-                                            for name in ("nprobe", "k_factor"))
+            index = GenerativeIndex(db.shape[1], IndexConfig.unlabelled(len(db), seed=seed))
+            search = PRESET_TABLE["unlabelled"]["search"]
+            index.nprobe, index.k_factor = search["nprobe"], search["k_factor"]
         index.train(db, progress=not args.quiet)
         index.add(db)
         builds.append(time.perf_counter() - start)
