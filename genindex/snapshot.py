@@ -42,8 +42,8 @@ class Snapshot(NamedTuple):
     def with_items_of(self, held: Snapshot | None) -> Snapshot:
         """This snapshot plus the items of ``held`` (a flat index's, or None), under the
         identifiers this tokenizer gives their stored vectors, as fresh items."""
-        if held is None or not len(held.trie):
-            return self
+        if held is None or not len(held.trie) or held.vectors is None:
+            return self  # (no stored vectors: nothing to encode the items from)
         ids = held.trie.ids
         vectors = held.vectors.get(ids)
         device = self.tokenizer.quantizer.codebooks.device
