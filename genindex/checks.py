@@ -19,6 +19,10 @@ from .selectors import is_selector, selected
 _NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float: what Faiss would cast
 _INT64_MAX = np.iinfo(np.int64).max
 _FLOAT_EXACT = 2.0 ** 53  # float64 holds every integer below this, and not all above
+MAX_NPROBE = 2**31  # the largest default beam size (nprobe) an index takes and saves
+# the largest squared norm of a vector: any two such vectors' squared distance
+# (at most 4 times it) and inner product stay finite in float32
+MAX_SQUARED_NORM = float(np.finfo(np.float32).max) / 4
 
 
 class NotTrainedError(RuntimeError, ValueError):
@@ -90,6 +94,14 @@ def as_vectors(x: Any, d: int, name: str = "x") -> np.ndarray:
         bad = int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])
         raise ValueError(f"{name} holds NaN or Inf (first in row {bad}), "
                          "or values too large for float32")
+    if float(np.abs(out).max()) ** 2 * d <= MAX_SQUARED_NORM:  # no norm can be too large
+        return out
+    norms = np.einsum("ij,ij->i", out, out, dtype=np.float64)
+    if norms.max() > MAX_SQUARED_NORM:
+        bad = int(np.argmax(norms > MAX_SQUARED_NORM))
+        raise ValueError(f"{name} row {bad} has a squared norm of {norms[bad]:.3g}, above "
+                         f"{MAX_SQUARED_NORM:.3g}: distances between such vectors overflow "
+                         "float32; scale the vectors down")
     return out
 
 
@@ -255,6 +267,19 @@ def as_k_factor(value: Any) -> float:
     return float(value)
 
 
+def as_add_id(add_id: Any, ids: np.ndarray) -> np.ndarray:
+    """``ids + add_id`` (``merge_from``): ``add_id`` an integer (not a bool) that keeps
+    every id in [0, 2**63 - 1] (no negative id, no -1, no overflow)."""
+    if isinstance(add_id, bool) or not isinstance(add_id, (int, np.integer)):
+        raise TypeError(f"add_id must be an integer, got {type(add_id).__name__}")
+    add_id = int(add_id)
+    if ids.size and (int(ids.min()) + add_id < 0 or int(ids.max()) + add_id > _INT64_MAX):
+        raise ValueError(f"add_id={add_id}: the merged ids would run from "
+                         f"{int(ids.min()) + add_id} to {int(ids.max()) + add_id}, outside "
+                         "[0, 2**63 - 1] (-1 marks a missing result)")
+    return ids + np.int64(add_id) if ids.size else ids.copy()
+
+
 def as_nonnegative(value: Any, name: str) -> float:
     """A finite number >= 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
@@ -278,6 +303,8 @@ def as_device(device: Any, name: str = "device") -> torch.device:
         parsed = torch.device(device)
     except RuntimeError as error:
         raise ValueError(f"{name}={device!r} is not a torch device: {error}") from None
+    if parsed.type == "meta":
+        raise ValueError(f"{name}='meta' holds no data: an index searches on 'cpu' or 'cuda'")
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"{name}={device!r} but CUDA is not available on this machine")

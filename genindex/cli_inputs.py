@@ -13,13 +13,21 @@ Label files (``--labels``, ``--db-labels``):
   field, so it holds no spaces; the ImageNet ``train.txt`` layout).
 
 Labels that all parse as integers are integers; otherwise they are strings.
+
+Vectors and ids (``--vectors``, ``--ids``) are ``.npy`` files (``numpy.save``),
+memory-mapped when they are regular files and read whole from a pipe
+(``--vectors <(...)``); an ``.npz`` archive, text or anything else is refused
+in one line.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,6 +38,7 @@ from .container import check_target
 from .inputs import image_files
 
 _PATH_COLUMNS = ("path", "file", "image", "filename")
+_NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file
 
 
 class Labelled(NamedTuple):
@@ -167,10 +176,19 @@ def label_kind(labels: np.ndarray) -> str:
 
 
 def _load_npy(path: str, option: str) -> np.ndarray:
+    """The array of a ``.npy`` file: mapped from a regular file, read whole from a pipe."""
     try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        with open(path, "rb") as handle:
+            magic = handle.read(6)
+            if magic == _NPY_MAGIC and not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                return np.load(io.BytesIO(magic + handle.read()), allow_pickle=False)
+        if magic == _NPY_MAGIC:
+            return np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as error:
         raise ValueError(f"{option} {path}: cannot read a .npy array: {_reason(error)}") from None
+    kind = "an .npz archive" if magic.startswith(b"PK") else "not a .npy file"
+    raise ValueError(f"{option} {path}: {kind}; give one array saved with numpy.save "
+                     "(a .npy file)")
 
 
 def _csv_rows(text: str, path: str, option: str) -> list[tuple[str | None, str]]:

@@ -10,20 +10,22 @@ catch damage; they are not keyed, so they prove nothing about who wrote it.
 Any safetensors reader can open the file; nothing in it is code.
 
 :func:`write` puts the file in place atomically: it writes a temporary file
-beside the target (``.NAME.<random>.tmp``), syncs it, and moves it over the
-target with one ``os.replace``. A reader sees the old file or the new one,
-and any number of concurrent writers leave one complete file: the last
-rename wins. A writer killed before its rename leaves the target as it was
-and its temporary file behind (safe to delete). :func:`check_target` refuses
-a target that is a folder, or an existing file that is not an index file
-unless told to overwrite it; nothing else is ever deleted or written.
+beside the target (``.genindex-<random>.tmp``: short, so any name fits), syncs
+it, and moves it over the target with one ``os.replace``. A reader sees the
+old file or the new one, and any number of concurrent writers leave one
+complete file: the last rename wins. A writer killed before its rename leaves
+the target as it was and its temporary file behind (safe to delete).
+:func:`check_target` refuses a target that is a folder, device, pipe or socket
+(always), or an existing file that is not an index file unless told to
+overwrite it; a link at the target is itself replaced, never what it names.
 
-:func:`read` trusts nothing in the file. It is opened without following
-links and without blocking, and must be a regular file. The header must be
-at most :data:`HEADER_LIMIT` bytes, its arrays of known dtypes, and their
-byte ranges must tile the rest of the file exactly, each range's size that
-of its shape: every size is checked against the file's before anything is
-allocated. Every array's checksum is verified.
+:func:`read` trusts nothing in the file. A link at ``path`` is resolved once
+(a swapped ``current -> v42`` link loads ``v42``); the file is opened without
+following links and without blocking, and must be a regular file. The header
+must be at most :data:`HEADER_LIMIT` bytes, its arrays of known dtypes, their
+byte ranges must tile the rest of the file exactly, each the size of its
+shape: every size is checked before anything is allocated. Every array's
+checksum is verified.
 
 Arrays named in ``mmap`` are mapped copy-on-write from the file that was
 checked (through its open descriptor, never by path again) as
@@ -44,6 +46,7 @@ checked (through its open descriptor, never by path again) as
 
 from __future__ import annotations
 
+import errno
 import faulthandler
 import hashlib
 import io
@@ -93,9 +96,9 @@ def write(path: str | os.PathLike, body: dict[str, Any], arrays: dict[str, np.nd
     target = check_target(path, overwrite)
     order, head, arrays = _layout(body, arrays)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+    staging = target.parent / f".genindex-{uuid.uuid4().hex[:16]}.tmp"  # fits any name
     try:
-        with open(staging, "wb") as handle:
+        with open(staging, "xb") as handle:
             _write_to(handle, order, head, arrays)
             handle.flush()
             os.fsync(handle.fileno())
@@ -145,15 +148,18 @@ def _write_to(handle, order: list[str], head: bytes, arrays: dict[str, np.ndarra
 
 
 def check_target(path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """``path`` as a Path once it is known that :func:`write` may put a file there:
-    not a folder, not an existing file other than an index file (unless
-    ``overwrite``), and its folder a folder or creatable. Nothing is created here."""
+    """``path`` as a Path once it is known that :func:`write` may put a file there (see
+    the module doc) and that its folder is a folder or creatable. Creates nothing."""
     target = Path(path)
     if target.is_dir():
         raise ValueError(f"path {target} is a folder: an index is saved as one file (a "
                          "folder saved by genindex 0.1 loads read-only: load it and save it "
                          "to a file path)")
-    if os.path.lexists(target) and not overwrite and not is_index_file(target):
+    info = os.lstat(target) if os.path.lexists(target) else None
+    if info is not None and not (stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode)):
+        raise ValueError(f"path {target} is a device, pipe or socket, not a file: an index "
+                         "is saved only over a regular file (overwrite=True too)")
+    if info is not None and not overwrite and not is_index_file(target):
         raise ValueError(f"path {target} exists and is not a genindex index file: choose "
                          "another path, or pass overwrite=True (CLI: --force) to replace it")
     parent = target.absolute().parent
@@ -185,8 +191,14 @@ def read(path: str | os.PathLike, mmap: Collection[str] = ()
          ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """``(body, arrays)`` of a file :func:`write` wrote, every byte checked (module doc);
     the arrays named in ``mmap`` are mapped from the file as :class:`MappedArray`."""
-    with _open_regular(Path(path), f"the index file {path}") as handle:
+    with _open_regular(_resolved(path), f"the index file {path}") as handle:
         return _read(handle, os.fstat(handle.fileno()).st_size, path, mmap)
+
+
+def _resolved(path: str | os.PathLike) -> Path:
+    """``path`` with a symbolic link at it resolved once, to the file it names."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 def _read(handle, size: int, path, mmap: Collection[str]
@@ -225,12 +237,26 @@ def _report_bus_errors() -> None:
 
 
 def is_index_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a regular file whose header is a genindex index's."""
+    """Whether ``path`` (or the file a link there names) is a regular file whose header
+    is a genindex index's."""
     try:
-        with _open_regular(Path(path), str(path)) as handle:
+        with _open_regular(_resolved(path), str(path)) as handle:
             _header(handle, os.fstat(handle.fileno()).st_size, path)
         return True
     except IndexFormatError:
+        return False
+
+
+def names_genindex(path: str | os.PathLike) -> bool:
+    """Whether ``path`` (or what a link there names) has a header naming a genindex
+    body, valid or not (a newer version, a damaged array): not a file for Faiss."""
+    try:
+        with _open_regular(_resolved(path), str(path)) as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(min(length, HEADER_LIMIT)).decode("utf-8"))
+        return KEY in header.get("__metadata__", {})
+    except (IndexFormatError, OSError, ValueError, AttributeError, RecursionError,
+            struct.error):
         return False
 
 
@@ -339,13 +365,16 @@ def _digest(array: np.ndarray) -> str:
 
 def _open_regular(path: Path, what: str, size: int | None = None, limit: int | None = None):
     """``path`` opened for reading if it is a regular file (not a link, folder, pipe or
-    device) of ``size`` bytes (or at most ``limit``): checked on the open file itself."""
+    device: links are resolved by the caller, or refused) of ``size`` bytes (or at
+    most ``limit``): checked on the open file itself."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(
             os, "O_NONBLOCK", 0))
     except OSError as error:
-        raise IndexFormatError(f"{what} is missing or cannot be opened: {error.strerror} "
-                               "(a link is never followed)") from None
+        why = " (a link loop, or a link in a folder: never followed)" * (
+            error.errno == errno.ELOOP)
+        raise IndexFormatError(f"{what} is missing or cannot be opened: {error.strerror}"
+                               f"{why}") from None
     info = os.fstat(fd)
     problem = None
     if not stat.S_ISREG(info.st_mode):

@@ -1,30 +1,26 @@
 """The parts of a Faiss index's API that Faiss client code calls, for GenerativeIndex.
 
 :class:`FaissMethods` is a mixin of :class:`genindex.GenerativeIndex`: ``d``,
-``ntotal``, ``is_trained``, ``reset``, ``save``/``load`` (Faiss's
-``write_index``/``read_index``), ``metric_type``, ``nprobe`` (the default
+``ntotal``, ``is_trained``, ``reset``, ``metric_type``, ``nprobe`` (the default
 beam size), ``reconstruct*``, ``sa_encode``/``sa_decode`` (``IndexFlat``'s codes),
-``search_and_reconstruct``, ``range_search``, ``merge_from``, pickling (through
-the one-file format: no pickled Python objects inside) and the refusal of
+``search_and_reconstruct``, ``range_search``, ``merge_from`` and the refusal of
 attributes an index does not have, so that a Faiss knob is never silently
-ignored. Query parameters come as keywords or as ``params``: a
-:class:`SearchParameters` or a ``faiss.SearchParameters`` (``sel`` becomes the
-filter) / ``faiss.SearchParametersIVF`` (``nprobe`` becomes the beam size).
+ignored (``save``/``load`` and pickling: :mod:`genindex.persistence`). Query
+parameters come as keywords or as ``params``: a :class:`SearchParameters` or a
+``faiss.SearchParameters`` (``sel`` becomes the filter) /
+``faiss.SearchParametersIVF`` (``nprobe`` becomes the beam size).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from . import checks, schema
-from .backbones import Backbone, get_backbone
-from .checks import default_device
+from . import checks
 from .snapshot import with_fresh
 
 log = logging.getLogger(__name__)
@@ -165,13 +161,17 @@ class FaissMethods:
 
     @property
     def nprobe(self) -> int | None:
-        """The default beam size (Faiss's name for the speed/recall knob); None:
-        ``max(k, 10)``. Saved with the index."""
+        """The default beam size (Faiss's name for the speed/recall knob), 1 to 2**31;
+        None: ``max(k, 10)``. Saved with the index."""
         return self._nprobe
 
     @nprobe.setter
     def nprobe(self, value: int | None) -> None:
-        self._nprobe = None if value is None else checks.as_beam_size(value, 1)
+        value = None if value is None else checks.as_beam_size(value, 1)
+        if value is not None and value > checks.MAX_NPROBE:
+            raise ValueError(f"nprobe must be at most 2**31 (a search keeps at most as many "
+                             f"beams as the index has identifiers), got {value}")
+        self._nprobe = value
 
     @property
     def k_factor(self) -> float:
@@ -208,17 +208,19 @@ class FaissMethods:
 
     def reconstruct_batch(self, keys: Any) -> np.ndarray:
         """The stored vectors (n, d) of the items with ids ``keys``, in that order."""
-        store = self._stored_vectors("reconstruct")
-        keys = checks.as_ids(keys, None)
+        store = self._stored_vectors("reconstruct").vectors
+        keys = checks.as_ids(keys, None, distinct=False)
         missing = ~np.isin(keys, store.ids)
         if missing.any():
             raise ValueError(f"keys not in the index: {keys[missing][:10].tolist()}")
         return store.get(keys).copy()
 
     def search_and_reconstruct(self, x: Any, k: int, **query: Any) -> SearchAndReconstructResult:
-        """``search(x, k, **query)`` and the stored vectors of its results: ``D, I, R``."""
-        store = self._stored_vectors("search_and_reconstruct")
-        scores, ids = self.search(x, k, **query)
+        """``search(x, k, **query)`` and the stored vectors of its results: ``D, I, R``,
+        both read from one snapshot of the index."""
+        state = self._stored_vectors("search_and_reconstruct")
+        scores, ids = self._search(state, x, k, **query)
+        store = state.vectors
         vectors = np.full((*ids.shape, self.d), np.nan, np.float32)
         found = ids >= 0
         vectors[found] = store.get(ids[found])
@@ -232,7 +234,7 @@ class FaissMethods:
         self._stored_vectors("range_search")
         if isinstance(radius, bool) or not isinstance(radius, (int, float, np.number)):
             raise TypeError(f"radius must be a number, got {type(radius).__name__}")
-        beam = beam_size or self.nprobe or 64
+        beam = checks.as_beam_size(beam_size if beam_size is not None else self.nprobe or 64, 1)
         scores, ids = self.search(x, beam, beam_size=beam, order="metric", filter=filter)
         inside = (ids >= 0) & ((scores < radius) if self.metric == "l2" else (scores > radius))
         lims = np.zeros(len(ids) + 1, np.int64)
@@ -266,11 +268,12 @@ class FaissMethods:
                              "this index stores none (IndexConfig(store_vectors=False))")
 
     def _stored_vectors(self, method: str):
-        store = self._require_trained().vectors
-        if store is None:
+        """The index's snapshot, read once, checked to hold stored vectors."""
+        state = self._require_trained()
+        if state.vectors is None:
             raise ValueError(f"{method} needs the stored vectors; this index has none "
                              "(IndexConfig(store_vectors=False))")
-        return store
+        return state
 
     # ----------------------------------------------------------- merging
     def merge_from(self, other: Any, add_id: int = 0) -> None:
@@ -282,10 +285,12 @@ class FaissMethods:
                             f"{type(other).__name__}")
         if other is self:
             raise ValueError("merge_from: an index cannot merge itself")
-        with self._lock, other._lock:
+        first, second = sorted((self, other), key=id)  # one lock order: no two merges deadlock
+        with first._lock, second._lock:
             state, theirs = self._require_trained(), other._require_trained()
             self._check_mergeable(other, state, theirs, add_id)
-            ids = theirs.trie.ids + (self.ntotal if not self.id_map else add_id)
+            ids = checks.as_add_id(len(state.trie) if not self.id_map else add_id,
+                                   theirs.trie.ids)
             if self.id_map and state.trie.contains(ids).any():
                 raise ValueError("merge_from: the other index holds ids this one has "
                                  f"(first: {ids[state.trie.contains(ids)][:5].tolist()})")
@@ -301,69 +306,12 @@ class FaissMethods:
         reasons = []
         if (self.d, self.metric, self.id_map) != (other.d, other.metric, other.id_map):
             reasons.append("their d, metric or id rule differ")
-        if not self.id_map and add_id:
+        if not self.id_map and (isinstance(add_id, bool) or add_id != 0):
             reasons.append("add_id applies to id_map indexes only")
         if self.config != other.config or not _same_weights(state, theirs):
             reasons.append("they were not trained as one model (config or weights differ)")
         if reasons:
             raise ValueError(f"merge_from: {'; '.join(reasons)}")
-
-    # ----------------------------------------------------------- persistence
-    def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:
-        """Write the index to the file ``path``, atomically (see genindex.container):
-        an index file there is replaced, another file only if ``overwrite``, a
-        folder never. A frozen pretrained backbone is saved by name, any other
-        with its weights."""
-        with self._lock:
-            saved = self._saved()
-        schema.write_index(path, saved, overwrite)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, *, device: str | torch.device | None = None,
-             backbone: str | Backbone | None = None,
-             cache_dir: str | os.PathLike | None = None, cache: bool = True,
-             mmap: bool = False) -> Any:
-        """Read an index file :meth:`save` wrote (or a genindex 0.1 folder); unpickles nothing.
-
-        Every size, checksum and array is checked: a damaged, inconsistent or
-        crafted file raises :class:`IndexFormatError`. ``device``: where to search
-        (default: CUDA when present, else the CPU). ``mmap``: map the code table
-        and vectors from the file (replace the file, never rewrite it in place:
-        see genindex.container). ``backbone``: this frozen backbone (a name or
-        object) instead of the one the file names; weights are never read from a
-        path written in a file.
-        """
-        device = default_device() if device is None else checks.as_device(device)
-        given = None if backbone is None else get_backbone(backbone)
-        return cls._from_saved(schema.read_index(path, mmap=mmap, backbone=given), device,
-                               cache_dir, cache)
-
-    def _saved(self) -> schema.Saved:
-        return schema.Saved(self.d, self.config, self.backbone, self._require_trained(),
-                            self._next_id, self._refreshes, self.metric, self.id_map,
-                            self._nprobe, self._k_factor)
-
-    @classmethod
-    def _from_saved(cls, saved: schema.Saved, device: Any, cache_dir: Any,
-                    cache: bool) -> Any:
-        index = cls(saved.d, saved.config, metric=saved.metric, id_map=saved.id_map,
-                    backbone=saved.backbone, cache_dir=cache_dir, cache=cache)
-        index._state, index._next_id, index._refreshes = (saved.snapshot, saved.next_id,
-                                                          saved.refreshes)
-        index._nprobe, index._k_factor = saved.nprobe, saved.k_factor
-        return index.to(device)
-
-    # ---------------------------------------------------------- pickling
-    def _to_bytes(self) -> bytes:
-        """The index as the bytes of its index file."""
-        with self._lock:
-            return schema.dumps(self._saved())
-
-    @classmethod
-    def _from_bytes(cls, blob: bytes, device: Any, cache_dir: Any = None,
-                    cache: bool = True) -> Any:
-        """The index of :meth:`_to_bytes`'s bytes, checked as ``load`` checks a file."""
-        return cls._from_saved(schema.loads(blob), device, cache_dir, cache)
 
 
 def _as_count(value: Any, name: str) -> int:

@@ -12,8 +12,11 @@ Faiss's own, untouched. It is idempotent; :func:`uninstall` puts Faiss's back.
 Code that imported a function by name (``from faiss import write_index``)
 before :func:`install` keeps Faiss's: install first.
 
-``write_index`` replaces the file at the path, as Faiss's does (a folder is
-still refused); ``read_index(path, faiss.IO_FLAG_MMAP)`` maps the code table
+``write_index`` replaces the file at the path, as Faiss's does (a folder, a
+device, pipe or socket is still refused). ``read_index`` of a genindex file
+(through a link too) or of a genindex 0.1 folder loads it, or raises genindex's
+own :class:`~genindex.container.IndexFormatError` (say, "upgrade genindex")
+for one it refuses; ``read_index(path, faiss.IO_FLAG_MMAP)`` maps the code table
 and vectors. ``serialize_index`` gives the bytes of the index file as a uint8
 array, and ``deserialize_index`` checks them as ``load`` checks a file. Nothing
 is unpickled either way.
@@ -72,7 +75,8 @@ def _read_index(original, source: Any, *args: Any) -> Any:
     from . import container
     from .index import GenerativeIndex
 
-    if isinstance(source, (str, os.PathLike)) and container.is_index_file(source):
+    if isinstance(source, (str, os.PathLike)) and (os.path.isdir(source)
+                                                   or container.names_genindex(source)):
         flags = args[0] if args else 0
         mmap = bool(flags & _faiss().IO_FLAG_MMAP) if isinstance(flags, int) else False
         return GenerativeIndex.load(source, mmap=mmap)

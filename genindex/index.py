@@ -37,6 +37,7 @@ from .config import PRESET_TABLE, IndexConfig
 from .decoder import Decoder
 from .flat import models_for
 from .inputs import ModelInputs, model_inputs, open_cache
+from .persistence import Persistence, unpickle
 from .refresh import RefreshHistory, refresh
 from .snapshot import NO_IDS, Snapshot
 from .tokenizer import SemanticTokenizer
@@ -53,14 +54,14 @@ class SearchResult(NamedTuple):
     ids: np.ndarray  # (n, k) int64 item ids, -1 where there is no result
 
 
-class GenerativeIndex(faiss_api.FaissMethods):
+class GenerativeIndex(faiss_api.FaissMethods, Persistence):
     """A generative retrieval index over d-dimensional vectors or images.
 
     ``search`` may run from many threads at once. Updates (``train``, ``add``,
-    ``add_with_ids``, ``remove_ids``, ``reset``, ``refresh``) take a lock and
-    publish a new immutable snapshot of the model and items (copy-on-write), so
-    a search sees the index before or after an update, never a mix, and never
-    waits for one. Updates wait for each other.
+    ``add_with_ids``, ``remove_ids``, ``merge_from``, ``reset``, ``refresh``) take a
+    lock and publish a new immutable snapshot of the model and items (copy-on-write):
+    a search sees the index before or after an update, never a mix, and never waits
+    for one. Updates wait for each other (``add`` during ``train``: for the new models).
     """
 
     def __init__(self, d: int | None = None, config: IndexConfig | None = None, *,
@@ -200,7 +201,17 @@ class GenerativeIndex(faiss_api.FaissMethods):
         ``dtype``: decoder precision (None/float32 exact, bfloat16, float16).
         ``timings``: seconds per part (:data:`genindex.beam.TIMED_PARTS`).
         """
-        state = self._require_trained()
+        return self._search(self._require_trained(), x, k, params=params, D=D, I=I,
+                            beam_size=beam_size, order=order, k_factor=k_factor, filter=filter,
+                            fusion=fusion, dtype=dtype, timings=timings, progress=progress)
+
+    def _search(self, state: Snapshot, x: Any, k: int, *, params: Any = None,
+                D: np.ndarray | None = None, I: np.ndarray | None = None,  # noqa: E741
+                beam_size: int | None = None, order: str | None = None,
+                k_factor: float | None = None, filter: Any = None, fusion: float | None = None,
+                dtype: Any = None, timings: dict[str, float] | None = None,
+                progress: bool | None = None) -> SearchResult:
+        """:meth:`search` on the snapshot ``state``, read once by the caller."""
         k = checks.as_k(k)
         checks.check_result_size(1, k)  # before any work: even one row would not fit
         query = faiss_api.resolve_query(self, k, params, {
@@ -286,7 +297,7 @@ class GenerativeIndex(faiss_api.FaissMethods):
         """Sizes, shapes, models and configuration of the index, as plain values."""
         state = self._require_trained()
         quantizer = state.tokenizer.quantizer
-        return {"ntotal": self.ntotal, "d": self.d, "num_codebooks": quantizer.num_codebooks,
+        return {"ntotal": len(state.trie), "d": self.d, "num_codebooks": quantizer.num_codebooks,
                 "codebook_size": quantizer.codebook_size,
                 "decoder_layers": self.config.decoder.n_layer,
                 "decoder_parameters": sum(p.numel() for p in state.decoder.parameters()),
@@ -325,12 +336,6 @@ class GenerativeIndex(faiss_api.FaissMethods):
         """Whether pixels go through fine-tuned backbones (else: frozen features)."""
         return self.backbone is not None and self.config.end_to_end
 
-    def __reduce__(self):
-        """Pickle and ``copy.deepcopy`` through the one-file format: the bytes of an
-        index file, checked on the way back; no pickled Python object inside."""
-        return (_unpickle, (self._to_bytes(), str(self.device), self.cache_dir, self.cache,
-                            self.verbose))
-
     def __copy__(self) -> GenerativeIndex:
         """A cheap copy sharing the immutable snapshot: updating one leaves the other alone
         (but ``to`` moves the shared models of both)."""
@@ -354,15 +359,15 @@ class GenerativeIndex(faiss_api.FaissMethods):
     def _train(self, inputs: ModelInputs, labels: Any, progress: bool) -> Models:
         n = len(inputs.tensor)
         y = None if labels is None else checks.as_labels(labels, n)
-        if self.ntotal and not self.is_flat:
-            raise ValueError(f"the index holds {self.ntotal} items, whose identifiers a new "
-                             "tokenizer would invalidate: call reset() before train()")
-        yt = None if y is None else torch.from_numpy(y).to(self.device)
-        preset = y is None and self._preset and not self.end_to_end
-        config = IndexConfig.unlabelled(n) if preset else self.config
-        models = models_for(inputs.tensor, yt, config,
-                            self.backbone if self.end_to_end else None, progress)
-        with self._lock:
+        with self._lock:  # updates wait for training (searches do not): none is lost
+            if self.ntotal and not self.is_flat:
+                raise ValueError(f"the index holds {self.ntotal} items, whose identifiers a "
+                                 "new tokenizer would invalidate: call reset() before train()")
+            yt = None if y is None else torch.from_numpy(y).to(self.device)
+            preset = y is None and self._preset and not self.end_to_end
+            config = IndexConfig.unlabelled(n) if preset else self.config
+            models = models_for(inputs.tensor, yt, config,
+                                self.backbone if self.end_to_end else None, progress)
             if config is not self.config:  # the unlabelled preset and its search defaults
                 self.config = config
                 self._take_search_defaults(PRESET_TABLE["unlabelled"]["search"])
@@ -390,11 +395,6 @@ class GenerativeIndex(faiss_api.FaissMethods):
         return state
 
 
-def _unpickle(blob: bytes, device: str, cache_dir: Any, cache: bool,
-              verbose: bool) -> GenerativeIndex:
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        log.warning("unpickling an index that was on %s: no CUDA here, so on the CPU", device)
-        device = "cpu"
-    index = GenerativeIndex._from_bytes(blob, device, cache_dir, cache)
-    index.verbose = verbose
-    return index
+def _unpickle(blob: Any, device: Any, cache_dir: Any, cache: Any, verbose: Any) -> Any:
+    """Pickles written before :mod:`genindex.persistence` existed name this function."""
+    return unpickle(GenerativeIndex, blob, device, cache_dir, cache, verbose)

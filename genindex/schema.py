@@ -53,12 +53,14 @@ class Saved(NamedTuple):
 
 
 def write_index(path: str | os.PathLike, saved: Saved, overwrite: bool = False) -> None:
-    """Write ``saved`` to the file ``path``, atomically (see :mod:`genindex.container`)."""
+    """Write ``saved`` to the file ``path``, atomically (see :mod:`genindex.container`),
+    once it has passed the checks a load applies (:func:`check_parts`)."""
     container.write(path, *_parts(saved), overwrite)
 
 
 def dumps(saved: Saved) -> bytes:
-    """``saved`` as the bytes of an index file (pickling, ``faiss.serialize_index``)."""
+    """``saved`` as the bytes of an index file (pickling, ``faiss.serialize_index``),
+    checked as :func:`write_index` checks them."""
     return container.dumps(*_parts(saved))
 
 
@@ -103,6 +105,7 @@ def _parts(saved: Saved) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             "metric": saved.metric, "id_map": saved.id_map, "nprobe": saved.nprobe,
             "k_factor": saved.k_factor}
     arrays.update({k: v.detach().cpu().numpy() for k, v in tensors.items()})
+    check_parts(body, arrays)
     return body, arrays
 
 
@@ -141,7 +144,7 @@ def _options(body: dict[str, Any], config: IndexConfig) -> tuple:
         raise IndexFormatError(f"metric={metric!r} is not valid for an index "
                                f"{'with' if config.store_vectors else 'without'} stored vectors")
     if not isinstance(id_map, bool) or not (nprobe is None or (
-            type(nprobe) is int and 0 < nprobe <= 2**31)):
+            type(nprobe) is int and 0 < nprobe <= checks.MAX_NPROBE)):
         raise IndexFormatError(f"id_map={id_map!r} or nprobe={nprobe!r} is not valid")
     return metric, id_map, nprobe, checks.as_k_factor(k_factor)
 
@@ -236,19 +239,34 @@ def _snapshot(body: dict[str, Any], arrays: dict[str, np.ndarray], tokenizer: Se
 
     Memory-mapped ``codes`` and ``vectors`` stay mapped (see :func:`_keep_mapped`).
     """
+    ids, codes, stored, fresh = _checked_arrays(body, arrays, tokenizer.quantizer.num_codebooks,
+                                                store_vectors)
+    trie = _keep_mapped(Trie(codes, ids, int(body["codebook_size"])), "codes", codes)
+    vectors = None if stored is None else _keep_mapped(
+        VectorStore(arrays["vector_ids"], stored), "vectors", stored)
+    return Snapshot(tokenizer, decoder, trie, vectors, with_fresh(fresh)), body["next_id"]
+
+
+def _checked_arrays(body: dict[str, Any], arrays: dict[str, np.ndarray], m: int,
+                    store_vectors: bool) -> tuple[np.ndarray, np.ndarray, Any, np.ndarray]:
+    """``(ids, codes, vectors or None, fresh ids)`` of a saved index, checked against
+    each other and ``next_id`` (at most 2**63: every int64 id used)."""
     ids, codes = _array(arrays, "ids", 1, "i"), _array(arrays, "codes", 2, "iu")
-    m = tokenizer.quantizer.num_codebooks
     if codes.shape != (len(ids), m):
         raise IndexFormatError(f"the code table has shape {codes.shape}, expected "
                                f"({len(ids)}, {m})")
     if ids.size and ids.min() < 0:
         raise IndexFormatError("the stored ids include negative values")
-    trie = _keep_mapped(Trie(codes, ids, int(body["codebook_size"])), "codes", codes)
+    if len(np.unique(ids)) != len(ids):
+        raise IndexFormatError("the stored ids are not unique")
+    if codes.size and not 0 <= codes.min() <= codes.max() < body["codebook_size"]:
+        raise IndexFormatError(f"the codes must lie in [0, {body['codebook_size']})")
     next_id = body["next_id"]
     if isinstance(next_id, bool) or not isinstance(next_id, int) or not (
-            0 <= next_id <= np.iinfo(np.int64).max) or (ids.size and next_id <= ids.max()):
-        raise IndexFormatError(f"next_id={next_id!r} is not an int64 above every stored id")
-    vectors = None
+            0 <= next_id <= 2**63) or (ids.size and next_id <= ids.max()):
+        raise IndexFormatError(f"next_id={next_id!r} is not an integer in [0, 2**63] above "
+                               "every stored id")
+    stored = None
     if store_vectors:
         vector_ids = _array(arrays, "vector_ids", 1, "i")
         stored = _array(arrays, "vectors", 2, "f")
@@ -257,11 +275,23 @@ def _snapshot(body: dict[str, Any], arrays: dict[str, np.ndarray], tokenizer: Se
             raise IndexFormatError("the stored vectors do not match the stored ids")
         if not np.isfinite(stored).all():
             raise IndexFormatError("the stored vectors hold NaN or Inf")
-        vectors = _keep_mapped(VectorStore(vector_ids, stored), "vectors", stored)
     fresh = arrays.get("fresh_ids", NO_IDS)
     if fresh.ndim != 1 or fresh.dtype.kind != "i" or not np.isin(fresh, ids).all():
         raise IndexFormatError("the fresh ids are not stored ids")
-    return Snapshot(tokenizer, decoder, trie, vectors, with_fresh(fresh)), next_id
+    return ids, codes, stored, fresh
+
+
+def check_parts(body: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """Apply to the parts about to be written the checks :func:`read_index` applies to
+    what it reads (all but loading the weights), so that every file written loads."""
+    try:
+        config = IndexConfig.from_dict(body["config"])
+        _check_sizes(body, config, {k: v for k, v in arrays.items() if "." in k})
+        _checked_arrays(body, arrays, config.tokenizer.num_codebooks, config.store_vectors)
+        _options(body, config)
+    except (KeyError, TypeError, ValueError, RuntimeError, OverflowError) as error:
+        raise ValueError(f"the index cannot be saved: the file would not load ({error}); "
+                         "nothing was written") from None
 
 
 def _array(arrays: dict[str, np.ndarray], name: str, ndim: int, kinds: str) -> np.ndarray:

@@ -12,9 +12,15 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)  # tiny models: one thread is fastest and immune to a busy machine
 
+from hypothesis import settings  # noqa: E402
+
 from genindex import GenerativeIndex  # noqa: E402
 
 from .helpers import TINY, TINY_VIT, TINY_VIT_CONFIG, clustered, write_images  # noqa: E402
+
+# the same examples on every run: a test that fails, fails every time (no database)
+settings.register_profile("deterministic", derandomize=True, database=None)
+settings.load_profile("deterministic")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -278,4 +278,4 @@ def test_a_save_killed_at_a_random_point_leaves_the_old_or_the_new_index(trained
     final = GenerativeIndex.load(target, device="cpu").search(data[0][:20], 5)
     assert any(same(final, e) for e in expected)
     left = {p.name for p in target.parent.iterdir()} - {"index.gidx"}
-    assert all(name.startswith(".index.gidx.") and name.endswith(".tmp") for name in left)
+    assert all(name.startswith(".genindex-") and name.endswith(".tmp") for name in left)

@@ -87,14 +87,30 @@ def test_mutated_files_read_identically_or_raise_a_format_error(tmp_path):
     assert outcomes["refused"] > 3000, outcomes  # and no other exception escaped
 
 
-@pytest.mark.parametrize("make", ["fifo", "link", "folder", "empty"])
+@pytest.mark.parametrize("make", ["fifo", "link to a device", "link loop", "folder", "empty"])
 def test_what_is_not_a_regular_index_file_is_refused_at_once(tmp_path, make):
     import os
 
     path = tmp_path / "ix"
-    container.write(tmp_path / "real", BODY, ARRAYS)
-    {"fifo": lambda: os.mkfifo(path), "link": lambda: path.symlink_to(tmp_path / "real"),
-     "folder": path.mkdir, "empty": path.touch}[make]()
+    {"fifo": lambda: os.mkfifo(path), "link to a device": lambda: path.symlink_to("/dev/zero"),
+     "link loop": lambda: path.symlink_to(path), "folder": path.mkdir,
+     "empty": path.touch}[make]()
     with pytest.raises(IndexFormatError):
         container.read(path)
-    assert not container.is_index_file(path)
+    assert not container.is_index_file(path) and not container.names_genindex(path)
+
+
+def test_a_link_is_resolved_once_and_its_target_read(tmp_path):
+    """The deploy pattern: ``current`` is a link swapped atomically between versions."""
+    import os
+
+    container.write(tmp_path / "v1", {**BODY, "version": 1}, ARRAYS)
+    container.write(tmp_path / "v2", {**BODY, "version": 2}, ARRAYS)
+    current = tmp_path / "current"
+    current.symlink_to("v1")
+    assert container.read(current)[0]["version"] == 1 and container.is_index_file(current)
+    (tmp_path / "next").symlink_to("v2")
+    os.replace(tmp_path / "next", current)
+    assert container.read(current)[0]["version"] == 2
+    (tmp_path / "chain").symlink_to(current)  # a link to a link: resolved to the end
+    assert container.read(tmp_path / "chain")[0]["version"] == 2
