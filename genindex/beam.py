@@ -25,9 +25,7 @@ one leaf are ordered by a distance to the query where one is given.
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -36,15 +34,18 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import fusion as fusion_scores
+from . import steps
 from .decoder import Decoder
 from .snapshot import Snapshot
+from .steps import compute_dtype, precision_context, timed  # noqa: F401 (compute_dtype: API)
 from .trie import Trie
 
 # Parts of a search that ``timings`` accumulates (seconds), in the paper's Fig. 5 terms:
-# "encoder" (the queries' memory and feature vectors), "decoder" (decoder steps),
-# "mask" (the trie's allowed codes: the validity check), "select" (softmax, top-k,
-# cache reordering), "items" (leaves expanded into items, ranked by distance).
-TIMED_PARTS = ("encoder", "decoder", "mask", "select", "items")
+# "encoder" (the queries' memory and feature vectors), "decoder" (decoder blocks),
+# "head" (the output layer's logits), "mask" (the trie's allowed codes: the validity
+# check), "select" (softmax, top-k, cache reordering), "items" (leaves expanded into
+# items, ranked by distance).
+TIMED_PARTS = ("encoder", "decoder", "head", "mask", "select", "items")
 # Beams decoded at once by :func:`search`: the key/value cache takes about
 # n_layer * 2 * M * n_embd * 4 bytes a beam (0.56 MiB for the 24-layer decoder).
 BEAMS_IN_FLIGHT = 8192
@@ -57,17 +58,6 @@ class Beams(NamedTuple):
 
     scores: torch.Tensor  # (Q, beams) float32 log-probabilities, -inf for no beam
     leaves: torch.Tensor  # (Q, beams) int64 leaf indices into the trie, -1 for no beam
-
-
-class _Step(NamedTuple):
-    """The outcome of selecting the best candidates of one step."""
-
-    scores: torch.Tensor  # (Q, beam_size) best first
-    nodes: torch.Tensor  # (Q, beam_size) node one level down, for live beams
-    source: torch.Tensor  # (Q, beam_size) index into the flat (width * L) candidates
-    live: torch.Tensor  # (Q, beam_size) bool: not finished, needs more decoding
-    done_scores: torch.Tensor  # (Q, beam_size) finished beams' scores, -inf elsewhere
-    done_leaves: torch.Tensor  # (Q, beam_size) their leaves, -1 elsewhere
 
 
 # What a search returns where a query has no more results: Faiss's values per order
@@ -129,7 +119,7 @@ def _search_batch(snapshot: Snapshot, trie: Trie, batch: torch.Tensor, beam_size
     """``(scores, ids)`` (Q, pool) of one batch of queries, best first (see search)."""
     distance = vectors = prior = None
     if snapshot.vectors is not None or fusion:
-        with _timed(timings, "encoder", batch.device):
+        with timed(timings, "encoder", batch.device):
             vectors = snapshot.tokenizer.feature_vectors(batch)
             if fusion:
                 prior = fusion_scores.codeword_scores(snapshot.tokenizer, vectors, fusion)
@@ -139,7 +129,7 @@ def _search_batch(snapshot: Snapshot, trie: Trie, batch: torch.Tensor, beam_size
         within = snapshot.vectors.distance(batch.device, vectors, "ip" if metric == "ip"
                                            else "l2", exact=False)
         distance = within if metric != "ip" else lambda query, ids: -within(query, ids)
-    with _timed(timings, "items", batch.device):
+    with timed(timings, "items", batch.device):
         scores, ids = top_items(trie, beams, pool, distance)
         if metric is not None:  # the values returned as D: each pair computed exactly
             measure = (semantic_measure(snapshot, vectors) if metric == "semantic" else
@@ -199,9 +189,9 @@ def beam_search(decoder: Decoder, x: torch.Tensor, trie: Trie, beam_size: int, *
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
     queries, device = len(x), x.device
-    precision = _precision(device, dtype)
+    precision = precision_context(device, dtype)
     with torch.inference_mode():
-        with _timed(timings, "encoder", device), precision:
+        with timed(timings, "encoder", device), precision:
             state = decoder.start(x)
         scores = torch.zeros(queries, 1, device=device)
         nodes = torch.zeros(queries, 1, dtype=torch.long, device=device)
@@ -209,72 +199,21 @@ def beam_search(decoder: Decoder, x: torch.Tensor, trie: Trie, beam_size: int, *
         done_leaves = torch.full((queries, 0), -1, dtype=torch.long, device=device)
         codes = None
         for depth in range(trie.num_codebooks):
-            with _timed(timings, "decoder", device), precision:
-                logits = decoder.step(state, codes).float()  # (Q, width, L)
-            with _timed(timings, "mask", device):
-                child = trie.children(depth, nodes)  # (Q, width, L), -1: not allowed
-                logits.masked_fill_(child < 0, float("-inf"))
-            with _timed(timings, "select", device):
-                bias = (None if prior is None else
-                        fusion_scores.step_bias(trie, depth, child, prior))
-                step = _select(trie, depth, scores, logits, child, done_scores, done_leaves,
-                               beam_size, bias)
-                done_scores, done_leaves = step.done_scores, step.done_leaves
-                if not step.live.any():
-                    break
-                scores, nodes, source = _live_grid(step)
+            beam = steps.Beam(scores, nodes, done_scores, done_leaves)
+            with timed(timings, "decoder", device), precision:
+                h = decoder.advance(state, codes)  # (Q, width, E)
+            ragged = steps.choose(trie, depth, nodes)
+            step = (steps.ragged_step if ragged else steps.dense_step)(
+                decoder, h, trie, depth, beam, beam_size, prior, dtype, timings)
+            done_scores, done_leaves = step.done_scores, step.done_leaves
+            if not step.live.any():
+                break
+            with timed(timings, "select", device):
+                scores, nodes, source = steps.live_grid(step)
                 state.reorder(source // trie.codebook_size)
                 codes = source % trie.codebook_size
         best, order = done_scores.sort(dim=1, descending=True, stable=True)
         return Beams(best, done_leaves.gather(1, order))
-
-
-def _live_grid(step: _Step) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(scores, nodes, source)`` of the live beams, first in each row in score order,
-    padded (score -inf, node -1) to the most live beams of any row."""
-    width = int(step.live.sum(dim=1).max())
-    order = torch.sort((~step.live).byte(), dim=1, stable=True).indices[:, :width]
-    live = step.live.gather(1, order)
-    return (step.scores.gather(1, order).masked_fill(~live, float("-inf")),
-            step.nodes.gather(1, order).masked_fill(~live, -1),
-            step.source.gather(1, order))
-
-
-def _select(trie: Trie, depth: int, scores: torch.Tensor, logits: torch.Tensor,
-            child: torch.Tensor, done_scores: torch.Tensor, done_leaves: torch.Tensor,
-            beam_size: int, bias: torch.Tensor | None = None) -> _Step:
-    """The best ``beam_size`` of the live beams' continuations and the finished beams.
-
-    ``logits`` are -inf where ``child`` is -1; a padding row, all -inf, gives NaN
-    log-probabilities, which become -inf candidates. ``bias`` (as ``logits``) is
-    added to the candidates' scores.
-    """
-    queries, width, size = logits.shape
-    candidates = scores[..., None] + logits.log_softmax(dim=-1)
-    if bias is not None:
-        candidates += bias
-    candidates = candidates.nan_to_num_(nan=-math.inf, neginf=-math.inf).reshape(queries, -1)
-    pool = torch.cat([candidates, done_scores], dim=1)
-    if pool.shape[1] < beam_size:  # pad so that every step keeps beam_size slots
-        pool = torch.nn.functional.pad(pool, (0, beam_size - pool.shape[1]),
-                                       value=float("-inf"))
-    top = pool.topk(beam_size, dim=1)
-    valid = ~torch.isinf(top.values)
-    fresh = valid & (top.indices < width * size)  # a continuation of a live beam
-    source = top.indices.clamp(max=width * size - 1)
-    nodes = child.reshape(queries, -1).gather(1, source).masked_fill(~fresh, -1)
-    kept = (top.indices - width * size).clamp(0, max(done_leaves.shape[1] - 1, 0))
-    old_leaves = (done_leaves.gather(1, kept) if done_leaves.shape[1]
-                  else torch.full_like(nodes, -1))
-    if depth + 1 == trie.num_codebooks or not trie.num_nodes(depth + 1):
-        leaves, live = nodes, torch.zeros_like(fresh)
-    else:  # a node with one identifier below it is finished: its remaining codes are forced
-        leaves, count = trie.leaf_range(depth + 1, nodes.clamp(min=0))
-        live = fresh & (count > 1)
-    done = valid & ~live
-    leaves = torch.where(fresh, leaves, old_leaves).masked_fill(~done, -1)
-    return _Step(top.values, nodes, source, live,
-                 top.values.masked_fill(~done, float("-inf")), leaves)
 
 
 def top_items(trie: Trie, beams: Beams, k: int,
@@ -348,44 +287,3 @@ def _beam_then(beam: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     value = value.double()
     low, span = value.min(), value.max() - value.min()
     return beam.double() + 0.5 * (value - low) / (span if span > 0 else 1.0)
-
-
-_PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def compute_dtype(dtype: Any) -> torch.dtype:
-    """``dtype`` (None, a torch dtype or its name) as a decoder compute precision."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, str) and dtype in _PRECISIONS:
-        return _PRECISIONS[dtype]
-    if isinstance(dtype, torch.dtype) and dtype in _PRECISIONS.values():
-        return dtype
-    raise ValueError(f"dtype must be None, 'float32', 'bfloat16' or 'float16' (or that "
-                     f"torch dtype), got {dtype!r}")
-
-
-def _precision(device: torch.device, dtype: Any):
-    """A context running the decoder in ``dtype`` (autocast), or doing nothing."""
-    dtype = compute_dtype(dtype)
-    if dtype == torch.float32:
-        return nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
-@contextmanager
-def _timed(timings: dict[str, float] | None, part: str, device: torch.device) -> Iterator[None]:
-    """Add the seconds the block takes to ``timings[part]`` (no-op without timings)."""
-    if timings is None:
-        yield
-        return
-    _synchronize(device)
-    start = time.perf_counter()
-    yield
-    _synchronize(device)
-    timings[part] = timings.get(part, 0.0) + time.perf_counter() - start
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

@@ -274,6 +274,17 @@ class Decoder(nn.Module):
 
         At ``state.t == 0`` pass ``codes=None``: the start token is fed.
         """
+        level = state.t
+        return self.level_logits(self.advance(state, codes), level)
+
+    def level_logits(self, h: torch.Tensor, level: int) -> torch.Tensor:
+        """The logits (Q, beams, L) of every code at ``level`` after :meth:`advance`'s
+        hidden states ``h`` (Q, beams, E)."""
+        return self._logits(h[:, :, None], first_level=level)[:, :, 0]
+
+    def advance(self, state: DecodeState, codes: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`step` up to the output layer: each beam's final hidden state
+        (Q, beams, E), which :meth:`code_logits` scores for chosen codes only."""
         queries = len(state.memory_kv[0][0])
         if state.t == 0:
             tokens = torch.zeros(queries, state.beams, dtype=torch.long,
@@ -285,9 +296,22 @@ class Decoder(nn.Module):
         for block, kv, past in zip(self.blocks, state.memory_kv, state.past):
             h, cache = block(h, kv, past)
             present.append(cache)
-        state.past, level = present, state.t
+        state.past = present
         state.t += 1
-        return self._logits(self.ln_f(h)[:, :, None], first_level=level)[:, :, 0]
+        return self.ln_f(h)
+
+    def code_logits(self, h: torch.Tensor, rows: torch.Tensor, level: int,
+                    codes: torch.Tensor) -> torch.Tensor:
+        """The logits (T,) of ``codes`` (T,) at ``level`` after the beams ``rows`` (T,)
+        of ``h`` (B, E), :meth:`advance`'s hidden states: :meth:`step`'s values at those
+        codes, computed for them alone (a beam whose prefix allows a few of the L codes
+        scores those few)."""
+        logits = torch.einsum("te,te->t", h[rows], self.head[level][codes].to(h.dtype))
+        if self.codewords is None:
+            return logits
+        state = F.normalize(self.to_code(h), dim=-1)[rows]
+        codewords = self.codewords[level][codes].to(state.dtype)
+        return logits + self.code_scale * torch.einsum("td,td->t", state, codewords)
 
     def _embed(self, prefix: torch.Tensor) -> torch.Tensor:
         """Start token followed by the level-specific embedding of each code."""

@@ -32,25 +32,35 @@ def codeword_scores(tokenizer: SemanticTokenizer, vectors: torch.Tensor,
 
 
 def step_bias(trie: Trie, depth: int, child: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
-    """(Q, width, L): what fusion adds to each candidate of step ``depth``.
-
-    ``child`` (Q, width, L) holds the node each code leads to (-1: not allowed);
-    ``prior`` is :func:`codeword_scores`. A candidate gets its code's score at
-    this level and, where its node has a single identifier below it (the beam
-    then finishes, its later codes forced), the scores of those later codes, so
-    that a finished identifier's score is complete when it competes.
-    """
+    """(Q, width, L): what fusion adds to each candidate of step ``depth``; ``child``
+    (Q, width, L) holds the node each code leads to (-1: not allowed), ``prior`` is
+    :func:`codeword_scores` (see :func:`candidate_bias`)."""
     bias = prior[:, depth, None, :].expand(child.shape).clone()
-    if depth + 1 == trie.num_codebooks:
-        return bias
     query, beam, code = (child >= 0).nonzero(as_tuple=True)
-    first, count = trie.leaf_range(depth + 1, child[query, beam, code].long())
-    single = count == 1
-    query, beam, code, leaf = query[single], beam[single], code[single], first[single]
-    if not len(leaf):
+    bias[query, beam, code] = candidate_bias(trie, depth, query, code,
+                                             child[query, beam, code].long(), prior)
+    return bias
+
+
+def candidate_bias(trie: Trie, depth: int, query: torch.Tensor, code: torch.Tensor,
+                   node: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """(T,): what fusion adds to the candidates ``code`` (T,) of the queries ``query``
+    (T,) at step ``depth``, leading to ``node`` (T,) one level down.
+
+    A candidate gets its code's score at this level and, where its node has a
+    single identifier below it (the beam then finishes, its later codes forced),
+    the scores of those later codes, so that a finished identifier's score is
+    complete when it competes.
+    """
+    bias = prior[query, depth, code].clone()
+    if depth + 1 == trie.num_codebooks or not len(node):
         return bias
-    rows = trie.tables(child.device).leaf_ptr[leaf].long().cpu().numpy()
-    later = torch.from_numpy(trie.codes[rows, depth + 1:].astype(np.int64)).to(child.device)
-    levels = torch.arange(depth + 1, trie.num_codebooks, device=child.device)
-    bias[query, beam, code] += prior[query[:, None], levels, later].sum(dim=1)
+    first, count = trie.leaf_range(depth + 1, node)
+    single = torch.nonzero(count == 1, as_tuple=True)[0]
+    if not len(single):
+        return bias
+    rows = trie.tables(node.device).leaf_ptr[first[single]].long().cpu().numpy()
+    later = torch.from_numpy(trie.codes[rows, depth + 1:].astype(np.int64)).to(node.device)
+    levels = torch.arange(depth + 1, trie.num_codebooks, device=node.device)
+    bias[single] += prior[query[single, None], levels, later].sum(dim=1)
     return bias

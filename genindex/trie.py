@@ -143,6 +143,21 @@ class Trie:
                                 flat, self.codebook_size)
         return out.reshape(*nodes.shape, self.codebook_size)
 
+    def child_list(self, depth: int, nodes: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The children of ``nodes`` (n,) at ``depth`` as one flat list, node after node
+        in code order: ``(row, code, child)`` (int64), the position in ``nodes`` each
+        belongs to, its code and its node one level down. Node -1 has none. What
+        :meth:`children` holds, without the (n, L) table of the codes not allowed."""
+        tables = self.tables(nodes.device)
+        row, child = _expand(tables.child_ptr[depth], nodes)
+        return row, tables.child_code[depth + 1][child].long(), child
+
+    def child_counts(self, depth: int, nodes: torch.Tensor) -> torch.Tensor:
+        """(n,) int64: how many children each of ``nodes`` (n,) at ``depth`` has (-1: 0)."""
+        ptr = self.tables(nodes.device).child_ptr[depth]
+        return (ptr[nodes + 1].long() - ptr[nodes].long()).clamp(min=0)
+
     def leaf_range(self, depth: int, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(first, count)`` (int64): the leaves under each depth-``depth`` node."""
         tables = self.tables(nodes.device)
@@ -279,18 +294,26 @@ def _csr_children(ptr: torch.Tensor, child_code: torch.Tensor, nodes: torch.Tens
     """Scatter each node's run of children into a dense (len(nodes), size) row; node -1
     has none. Child indices have ``ptr``'s dtype (int32 below 2**31 nodes)."""
     out = torch.full((len(nodes), size), -1, dtype=ptr.dtype, device=nodes.device)
+    row, child = _expand(ptr, nodes)
+    out[row, child_code[child].long()] = child.to(out.dtype)
+    return out
+
+
+def _expand(ptr: torch.Tensor, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(row, child)`` (int64): every child of ``nodes`` under the CSR offsets ``ptr``,
+    node after node, and the position in ``nodes`` it comes from; node -1 has none."""
+    empty = torch.zeros(0, dtype=torch.long, device=nodes.device)
     if len(ptr) < 2:  # no nodes at this depth
-        return out
+        return empty, empty
     start = ptr[nodes].long()
     counts = (ptr[nodes + 1].long() - start).clamp(min=0)  # node -1: ptr[0] - ptr[-1] <= 0
     total = int(counts.sum())
     if total == 0:
-        return out
+        return empty, empty
     row = torch.repeat_interleave(torch.arange(len(nodes), device=nodes.device), counts)
     child = torch.arange(total, device=nodes.device) + torch.repeat_interleave(
         start - (counts.cumsum(0) - counts), counts)
-    out[row, child_code[child].long()] = child.to(out.dtype)
-    return out
+    return row, child
 
 
 def _sort_order(codes: np.ndarray, ids: np.ndarray, codebook_size: int) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from genindex import steps
 from genindex.beam import TIMED_PARTS, beam_search
 from genindex.config import DecoderConfig
 from genindex.decoder import Decoder
@@ -48,9 +50,9 @@ class CountingDecoder(Decoder):
 
     widths: list[int]
 
-    def step(self, state, codes):
+    def advance(self, state, codes):
         self.widths.append(state.beams if codes is None else codes.shape[1])
-        return super().step(state, codes)
+        return super().advance(state, codes)
 
 
 def decoder_for(vocab: int, levels: int, seed: int, d: int = 4) -> CountingDecoder:
@@ -66,18 +68,22 @@ def decoder_for(vocab: int, levels: int, seed: int, d: int = 4) -> CountingDecod
 @given(st.integers(1, 4), st.integers(2, 6), st.integers(1, 60), st.integers(1, 12),
        st.integers(0, 10**6))
 def test_skipping_finished_beams_gives_the_plain_result(levels, vocab, n, beam_size, seed):
+    """Both steps, dense over L codes and ragged over the allowed ones, every time."""
     rng = np.random.default_rng(seed)
     codes = rng.integers(0, vocab, (n, levels))
     trie = Trie(codes, np.arange(n), vocab)
     decoder = decoder_for(vocab, levels, seed)
     x = torch.randn(4, 4, generator=torch.Generator().manual_seed(seed))
-    fast = beam_search(decoder, x, trie, beam_size)
     scores, leaves = plain_beam_search(decoder, x, trie, beam_size)
     width = scores.shape[1]
-    assert fast.scores.shape == fast.leaves.shape == (4, beam_size)
-    torch.testing.assert_close(fast.scores[:, :width], scores, atol=1e-5, rtol=0)
-    assert (fast.leaves[:, :width] == leaves).all()
-    assert torch.isinf(fast.scores[:, width:]).all() and (fast.leaves[:, width:] == -1).all()
+    for share in (-1.0, 1.0):  # never ragged, always ragged
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(steps, "RAGGED_SHARE", share)
+            fast = beam_search(decoder, x, trie, beam_size)
+        assert fast.scores.shape == fast.leaves.shape == (4, beam_size)
+        torch.testing.assert_close(fast.scores[:, :width], scores, atol=1e-5, rtol=0)
+        assert (fast.leaves[:, :width] == leaves).all()
+        assert torch.isinf(fast.scores[:, width:]).all() and (fast.leaves[:, width:] == -1).all()
 
 
 def test_a_query_whose_prefixes_are_unique_is_decoded_once():
@@ -185,3 +191,27 @@ def test_node_minus_one_has_no_children(limit, monkeypatch):
         assert (child[[0, 3]] == -1).all()
         assert (child[1] >= 0).any() and (child[2] >= 0).any()
         assert torch.equal(child[1:3], trie.children(depth, nodes[1:3]))
+
+
+@pytest.mark.parametrize("head", ["free", "codebook"])
+def test_the_ragged_step_gives_the_dense_step_s_results_on_a_trained_index(data, head):
+    """Same ids and scores (float32) on a trained index, metric and generative order,
+    fused and filtered, whichever step scores the codes."""
+    from genindex import GenerativeIndex
+
+    from .helpers import TINY
+
+    x, labels = data
+    config = TINY.replace(decoder=dataclasses.replace(TINY.decoder, head=head))
+    index = GenerativeIndex.fit(x, labels, config, device="cpu", progress=False)
+    queries = x[::7] + 0.1
+    searches = [dict(), dict(order="generative"), dict(fusion=2.0, order="generative"),
+                dict(filter=np.arange(0, 200, 3), beam_size=30)]
+    results = {}
+    for share in (-1.0, 1.0):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(steps, "RAGGED_SHARE", share)
+            results[share] = [index.search(queries, 10, **kw) for kw in searches]
+    for dense, ragged in zip(results[-1.0], results[1.0]):
+        np.testing.assert_allclose(ragged.scores, dense.scores, rtol=1e-5, atol=1e-5)
+        assert (ragged.ids == dense.ids).mean() > 0.99  # near-ties may swap
