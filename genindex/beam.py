@@ -37,7 +37,7 @@ from . import fusion as fusion_scores
 from . import steps
 from .decoder import Decoder
 from .snapshot import Snapshot
-from .steps import compute_dtype, precision_context, timed  # noqa: F401 (compute_dtype: API)
+from .steps import compute_dtype, precision_context, search_dtype, timed  # noqa: F401 (API)
 from .trie import Trie
 
 # Parts of a search that ``timings`` accumulates (seconds), in the paper's Fig. 5 terms:

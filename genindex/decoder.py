@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -305,13 +306,30 @@ class Decoder(nn.Module):
         """The logits (T,) of ``codes`` (T,) at ``level`` after the beams ``rows`` (T,)
         of ``h`` (B, E), :meth:`advance`'s hidden states: :meth:`step`'s values at those
         codes, computed for them alone (a beam whose prefix allows a few of the L codes
-        scores those few)."""
-        logits = torch.einsum("te,te->t", h[rows], self.head[level][codes].to(h.dtype))
-        if self.codewords is None:
+        scores those few). Under autocast the output rows are gathered in its dtype."""
+        dtype = (torch.get_autocast_dtype(h.device.type)
+                 if torch.is_autocast_enabled(h.device.type) else torch.float32)
+        state = None if self.codewords is None else F.normalize(self.to_code(h), dim=-1)
+        head, codewords = self._output_rows(level, dtype)
+        logits = _row_dots(h.to(dtype), rows, head, codes)
+        if state is None:
             return logits
-        state = F.normalize(self.to_code(h), dim=-1)[rows]
-        codewords = self.codewords[level][codes].to(state.dtype)
-        return logits + self.code_scale * torch.einsum("td,td->t", state, codewords)
+        return logits + self.code_scale * _row_dots(state.to(dtype), rows, codewords, codes)
+
+    def _output_rows(self, level: int, dtype: torch.dtype) -> tuple[torch.Tensor, Any]:
+        """The output layer's rows at ``level`` (and the codewords') in ``dtype``: the
+        weights themselves in float32, else a copy kept until the weights change."""
+        tables = (self.head[level], None if self.codewords is None else self.codewords[level])
+        if dtype == torch.float32:
+            return tables
+        key = (level, dtype, self.head._version, self.head.data_ptr(),
+               None if self.codewords is None else self.codewords._version)
+        cache = self.__dict__.setdefault("_low_precision_rows", {})
+        if key not in cache:
+            if len(cache) > 2 * self.num_codebooks:  # stale copies of earlier weights
+                cache.clear()
+            cache[key] = tuple(None if t is None else t.detach().to(dtype) for t in tables)
+        return cache[key]
 
     def _embed(self, prefix: torch.Tensor) -> torch.Tensor:
         """Start token followed by the level-specific embedding of each code."""
@@ -348,6 +366,16 @@ def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, allowed: t
     nll = -logp.gather(-1, targets[..., None])[..., 0]
     uniform = -logp.sum(dim=-1) / allowed.sum(dim=-1)
     return ((1 - smoothing) * nll + smoothing * uniform).mean()
+
+
+def _row_dots(a: torch.Tensor, rows: torch.Tensor, b: torch.Tensor,
+              columns: torch.Tensor) -> torch.Tensor:
+    """(T,) float32: the dot products of rows ``a[rows]`` and ``b[columns]`` (the
+    fastest kernel on CPUs: a batched product in float32, ``vecdot`` below it)."""
+    left, right = torch.index_select(a, 0, rows), torch.index_select(b, 0, columns)
+    if a.dtype == torch.float32:
+        return torch.bmm(left[:, None, :], right[:, :, None]).reshape(-1)
+    return torch.linalg.vecdot(left, right).float()
 
 
 def _heads(x: torch.Tensor, n_head: int) -> torch.Tensor:

@@ -30,7 +30,7 @@ import torch
 
 from . import checks, faiss_api
 from .backbones import Backbone, get_backbone
-from .beam import compute_dtype, search
+from .beam import search, search_dtype
 from .cache import FeatureCache
 from .checks import NotTrainedError, default_device
 from .config import PRESET_TABLE, IndexConfig
@@ -198,8 +198,8 @@ class GenerativeIndex(faiss_api.FaissMethods, Persistence):
         too big for free memory is refused. ``filter``: allowed ids, a boolean mask
         by id or a Faiss ``IDSelector``. ``params``: these as a ``SearchParameters``
         or ``faiss.SearchParameters``. ``D``, ``I``: output arrays, as Faiss's.
-        ``dtype``: decoder precision (None/float32 exact, bfloat16, float16).
-        ``timings``: seconds per part (:data:`genindex.beam.TIMED_PARTS`).
+        ``dtype``: decoder precision, float32 (exact), bfloat16, float16; None: the config's
+        (``"auto"``: bfloat16 where native). ``timings``: seconds per part (beam.TIMED_PARTS).
         """
         return self._search(self._require_trained(), x, k, params=params, D=D, I=I,
                             beam_size=beam_size, order=order, k_factor=k_factor, filter=filter,
@@ -217,7 +217,7 @@ class GenerativeIndex(faiss_api.FaissMethods, Persistence):
         query = faiss_api.resolve_query(self, k, params, {
             "beam_size": beam_size, "order": order, "k_factor": k_factor, "filter": filter,
             "fusion": fusion})
-        dtype = compute_dtype(dtype)
+        dtype = search_dtype(dtype, self.device, self.config.precision)
         checks.check_timings(timings)
         trie = None
         if query.filter is not None:

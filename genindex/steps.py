@@ -31,6 +31,7 @@ import torch
 
 from . import fusion
 from .decoder import Decoder
+from .loop import training_dtype
 from .trie import Trie
 
 # the ragged step runs where the allowed codes are at most this share of beams x L
@@ -181,6 +182,16 @@ def compute_dtype(dtype: Any) -> torch.dtype:
         return dtype
     raise ValueError(f"dtype must be None, 'float32', 'bfloat16' or 'float16' (or that "
                      f"torch dtype), got {dtype!r}")
+
+
+def search_dtype(dtype: Any, device: torch.device, precision: str = "float32") -> torch.dtype:
+    """A search's decoder precision: ``dtype`` if given, else the index config's
+    ``precision`` (:func:`genindex.loop.training_dtype`): ``"auto"`` is bfloat16
+    where ``device`` computes it natively (CUDA; a CPU with AVX512-BF16 or AMX),
+    float32 elsewhere."""
+    if dtype is not None:
+        return compute_dtype(dtype)
+    return training_dtype(device, precision) or torch.float32
 
 
 def precision_context(device: torch.device, dtype: Any):

@@ -30,7 +30,8 @@ def test_a_saved_folder_gives_the_results_it_gave_when_saved(folder, tmp_path):
     expected = np.load(DATA / "format_v1_expected.npz")
     for mmap in (False, True):
         index = GenerativeIndex.load(folder, device="cpu", mmap=mmap)
-        result = index.search(expected["queries"], 5, order="generative")  # 0.1's order
+        # 0.1's order, in float32 as 0.1 searched (precision "auto" may search in bfloat16)
+        result = index.search(expected["queries"], 5, order="generative", dtype="float32")
         np.testing.assert_array_equal(result.ids, expected["ids"])
         np.testing.assert_allclose(result.scores, expected["scores"], rtol=1e-5, atol=1e-6)
     assert index.ntotal == 198 and list(index.fresh_ids) == [200, 201, 202]
@@ -38,8 +39,8 @@ def test_a_saved_folder_gives_the_results_it_gave_when_saved(folder, tmp_path):
         index.save(folder)  # read only: saving writes a file
     index.save(tmp_path / "v2.gidx")
     again = GenerativeIndex.load(tmp_path / "v2.gidx")
-    np.testing.assert_array_equal(again.search(expected["queries"], 5, order="generative").ids,
-                                  expected["ids"])
+    np.testing.assert_array_equal(again.search(expected["queries"], 5, order="generative",
+                                               dtype="float32").ids, expected["ids"])
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         p.name for p in (DATA / "format_v1").iterdir())  # untouched
 
