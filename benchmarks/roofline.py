@@ -3,10 +3,12 @@
 For the emoji main job's index (``--config``, built on the cached features and
 kept in genindex's cache folder) and for the paper's 12 x 768 decoder on the
 same tokenizer and items (random weights: the shapes and speed, not the
-quality), the reported queries are searched once per precision (float32,
-bfloat16) and per beam step (dense over all L codes, or the default, which
-scores only the allowed codes where they are few: ``genindex.steps``). Each
-search is run with ``timings``, while hooks count the FLOPs of every matrix
+quality), the reported queries are searched four ways (``VARIANTS``): as the
+search ran before the ragged step and the CPU settings (float32, every step
+dense over all L codes, 8,192 beams a batch, PyTorch's attention kernel for
+the cached steps, 64 MiB gathers: those module settings put back), and as it
+runs now in float32, in bfloat16 with dense steps, and in bfloat16 as it is
+(the default on a CPU with AMX). Each search is run with ``timings``, while hooks count the FLOPs of every matrix
 product by part: the encoder (the queries' memory tokens), the decoder blocks,
 the output layer ("head") and the exact distances of the items. The peak is
 measured here, for every (in, out) shape a part multiplies, on 8,192 rows in
@@ -38,7 +40,8 @@ from benchmarks import provenance, report  # noqa: E402
 from benchmarks.common import CONFIGS, features  # noqa: E402
 from benchmarks.datasets import load  # noqa: E402
 from benchmarks.rows import Table, TableSet  # noqa: E402
-from genindex import GenerativeIndex, IndexConfig, steps  # noqa: E402
+from genindex import GenerativeIndex, IndexConfig, beam, steps, store  # noqa: E402
+from genindex import decoder as decoder_module  # noqa: E402
 from genindex.backbones import get_backbone  # noqa: E402
 from genindex.beam import TIMED_PARTS  # noqa: E402
 from genindex.cache import default_cache_dir  # noqa: E402
@@ -46,8 +49,16 @@ from genindex.train import new_decoder  # noqa: E402
 
 PARTS = ("encoder", "decoder", "head", "items")  # the parts with matrix products
 PEAK_ROWS = 8192
-DEFAULT_SHARE = steps.RAGGED_SHARE  # the library's choice between the two steps
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# the search as it was before the ragged step and the CPU settings, and as it is now
+BEFORE = {"RAGGED_SHARE": -1.0, "CPU_BEAMS_IN_FLIGHT": 8192, "GATHER_CHUNK": 1 << 24,
+          "SHORT_ATTENTION": 0}
+VARIANTS = (  # name, precision, settings changed from the library's
+    ("before: dense step, 8,192 beams, PyTorch attention, 64 MiB gathers", "float32", BEFORE),
+    ("now, float32 (exact)", "float32", {}),
+    ("now, bfloat16, dense step", "bfloat16", {"RAGGED_SHARE": -1.0}),
+    ("now, bfloat16 (the default here)", "bfloat16", {}),
+)
 
 
 class Account:
@@ -146,9 +157,24 @@ def part_peak(flops: dict[tuple, float], peak: dict[tuple, float]) -> float:
     return total / sum(f / peak[shape] for shape, f in flops.items()) if total else 0.0
 
 
-def measure(index, queries, k, beam, dtype, share, repeats) -> dict:
+@contextmanager
+def settings(changes: dict):
+    """The library's module settings ``changes`` (by name) while inside."""
+    modules = [steps, beam, store, decoder_module]
+    saved = []
+    for name, value in changes.items():
+        module = next(m for m in modules if hasattr(m, name))
+        saved.append((module, name, getattr(module, name)))
+        setattr(module, name, value)
+    try:
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
+
+
+def measure(index, queries, k, beam, dtype, repeats) -> dict:
     """Queries/s (median of ``repeats`` searches), then one timed, counted search."""
-    steps.RAGGED_SHARE = share
     search = lambda **kw: index.search(queries, k, beam_size=beam, dtype=dtype, **kw)  # noqa: E731
     search()  # warm-up
     times = []
@@ -225,23 +251,22 @@ def main(argv: list[str] | None = None) -> int:
               ("paper's 12 x 768 decoder, random weights", paper_index(main_index),
                queries[:args.paper_queries], args.paper_k, args.paper_beam)]
     runs, shapes = [], set()
-    for name, index, rows, k, beam in setups:
-        for dtype in DTYPES:
-            for step, share in (("dense", -1.0), ("default", DEFAULT_SHARE)):
-                run = measure(index, rows, k, beam, dtype, share, args.repeats)
-                runs.append((name, len(rows), k, beam, dtype, step, run))
-                shapes |= {s for part in PARTS for s in run["account"].flops[part]}
-                print(f"{name}, {dtype}, {step} step: {run['qps']:.0f} queries/s", flush=True)
-    steps.RAGGED_SHARE = DEFAULT_SHARE
+    for name, index, rows, k, beams in setups:
+        for variant, dtype, changes in VARIANTS:
+            with settings(changes):
+                run = measure(index, rows, k, beams, dtype, args.repeats)
+            runs.append((name, len(rows), k, beams, variant, dtype, run))
+            shapes |= {s for part in PARTS for s in run["account"].flops[part]}
+            print(f"{name}, {variant}: {run['qps']:.0f} queries/s", flush=True)
     peak = peaks(shapes, args.repeats)
     tables = [Table(f"Queries/s on {args.dataset} queries, {args.threads} threads (median of "
-                    f"{args.repeats} searches)", ("index", "queries", "k", "beam", "precision",
-                                                  "step", "queries/s"),
-                    tuple((name, f"{n:,}", str(k), str(beam), dtype, step, f"{run['qps']:.0f}")
-                          for name, n, k, beam, dtype, step, run in runs), text_columns=6)]
-    tables += [account_table(f"FLOP account: {name}, k {k}, beam {beam}, {dtype}, {step} step",
+                    f"{args.repeats} searches)", ("index", "queries", "k", "beam", "search",
+                                                  "queries/s"),
+                    tuple((name, f"{n:,}", str(k), str(b), variant, f"{run['qps']:.0f}")
+                          for name, n, k, b, variant, dtype, run in runs), text_columns=5)]
+    tables += [account_table(f"FLOP account: {name}, k {k}, beam {b}; {variant}",
                              run, peak[dtype], n)
-               for name, n, k, beam, dtype, step, run in runs]
+               for name, n, k, b, variant, dtype, run in runs]
     tables.append(Table(f"Measured peak of ({PEAK_ROWS}, in) x (in, out) products, GFLOP/s",
                         ("in x out", *DTYPES),
                         tuple((f"{i} x {o}", *(f"{peak[d][(i, o)]:.1f}" for d in DTYPES))

@@ -49,6 +49,9 @@ TIMED_PARTS = ("encoder", "decoder", "head", "mask", "select", "items")
 # Beams decoded at once by :func:`search`: the key/value cache takes about
 # n_layer * 2 * M * n_embd * 4 bytes a beam (0.56 MiB for the 24-layer decoder).
 BEAMS_IN_FLIGHT = 8192
+# on a CPU, fewer: a batch's activations then stay in cache (emoji main job, 2 cores,
+# bfloat16: 649 queries/s at 2,048 beams, 445 at 8,192; benchmarks/roofline.py)
+CPU_BEAMS_IN_FLIGHT = 2048
 # (query, item) pairs ranked at once: bounds memory where leaves are large (a flat index)
 PAIRS_IN_FLIGHT = 1 << 22
 
@@ -85,6 +88,7 @@ def search(snapshot: Snapshot, queries: torch.Tensor, k: int, beam_size: int, *,
     vectors. ``fusion`` > 0 adds that weight times the query's cosine to each
     identifier's codewords to its log-probability inside the beam
     (:mod:`genindex.fusion`). Queries go in batches of at most :data:`BEAMS_IN_FLIGHT` beams
+    (:data:`CPU_BEAMS_IN_FLIGHT` on a CPU)
     and :data:`PAIRS_IN_FLIGHT` items ranked, which bounds memory for any number of them.
     ``beam_size`` is cut to the number of identifiers, and only the first
     ``min(k, items)`` columns are searched for: the others are padding (id -1,
@@ -101,7 +105,9 @@ def search(snapshot: Snapshot, queries: torch.Tensor, k: int, beam_size: int, *,
     # items read a query: the pool and the rest of the last leaf (all of a flat index's)
     read = min(len(trie), pool + int(np.diff(trie.leaf_ptr).max())) if (
         snapshot.vectors is not None) else pool
-    size = max(1, min(BEAMS_IN_FLIGHT // beam_size, PAIRS_IN_FLIGHT // read))
+    beams = BEAMS_IN_FLIGHT if queries.device.type != "cpu" else min(BEAMS_IN_FLIGHT,
+                                                                     CPU_BEAMS_IN_FLIGHT)
+    size = max(1, min(beams // beam_size, PAIRS_IN_FLIGHT // read))
     with torch.inference_mode():
         for start in tqdm(range(0, len(queries), size), desc="search", unit="batch",
                           disable=not progress, leave=False):

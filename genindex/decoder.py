@@ -25,6 +25,8 @@ from .backbones import Backbone
 from .config import DecoderConfig
 
 KV = tuple[torch.Tensor, torch.Tensor]
+# a cached step's self-attention over at most this many positions: by elementwise products
+SHORT_ATTENTION = 16
 
 
 class VectorMemory(nn.Module):
@@ -84,10 +86,12 @@ class SelfAttention(nn.Module):
         q, k, v = (_heads(t, self.n_head) for t in self.c_attn(x).chunk(3, dim=2))
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        # with a cache, the new positions come last and may see everything
-        causal = past is None and x.shape[1] > 1
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        if past is not None and q.shape[2] == 1 and k.shape[2] <= SHORT_ATTENTION:
+            y = _short_attention(q, k, v)  # one new position over a few cached ones
+        else:  # with a cache, the new positions come last and may see everything
+            causal = past is None and x.shape[1] > 1
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
+                                               dropout_p=self.dropout if self.training else 0.0)
         return self.c_proj(_merge(y)), (k, v)
 
 
@@ -165,7 +169,7 @@ class DecodeState:
         queries, beams = source.shape
         flat = (source + self.beams * torch.arange(queries, device=source.device)[:, None])
         flat = flat.reshape(-1)
-        self.past = [(k[flat], v[flat]) for k, v in self.past]
+        self.past = [(k.index_select(0, flat), v.index_select(0, flat)) for k, v in self.past]
         self.beams = beams
 
 
@@ -271,10 +275,8 @@ class Decoder(nn.Module):
         return DecodeState(memory_kv, [(empty, empty)] * len(self.blocks))
 
     def step(self, state: DecodeState, codes: torch.Tensor | None) -> torch.Tensor:
-        """Feed each beam's latest code (Q, beams); logits of the next code (Q, beams, L).
-
-        At ``state.t == 0`` pass ``codes=None``: the start token is fed.
-        """
+        """Feed each beam's latest code (Q, beams), or at ``state.t == 0`` ``codes=None``
+        (the start token); logits of the next code (Q, beams, L)."""
         level = state.t
         return self.level_logits(self.advance(state, codes), level)
 
@@ -366,6 +368,14 @@ def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, allowed: t
     nll = -logp.gather(-1, targets[..., None])[..., 0]
     uniform = -logp.sum(dim=-1) / allowed.sum(dim=-1)
     return ((1 - smoothing) * nll + smoothing * uniform).mean()
+
+
+def _short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Softmax attention of one query position (B, H, 1, D) over a few keys and values
+    (B, H, t, D), by elementwise products: for t of a few, ``scaled_dot_product_attention``
+    on a CPU spends far longer setting up each of the B x H tiny problems."""
+    weights = (q.float() * k.float()).sum(dim=-1, keepdim=True).mul_(q.shape[-1] ** -0.5)
+    return (weights.softmax(dim=2) * v.float()).sum(dim=2, keepdim=True).to(v.dtype)
 
 
 def _row_dots(a: torch.Tensor, rows: torch.Tensor, b: torch.Tensor,

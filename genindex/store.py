@@ -94,7 +94,8 @@ class _DeviceCopy(NamedTuple):
     norms: torch.Tensor  # (n,) squared L2 norms of the vectors
 
 
-CHUNK = 1 << 24  # floats of gathered vectors (or of a query-by-store block) at a time
+CHUNK = 1 << 24  # floats of a query-by-store block at a time
+GATHER_CHUNK = 1 << 20  # floats of gathered vectors at a time: 4 MiB, in cache
 DENSE = 16  # a query-by-store product this many times the pairs is still cheaper (BLAS)
 
 
@@ -102,7 +103,8 @@ def pair_values(vectors: torch.Tensor, queries: torch.Tensor, query_index: torch
                 rows: torch.Tensor, metric: str = "l2", products: bool = True,
                 norms: torch.Tensor | None = None) -> torch.Tensor:
     """Squared L2 distance (or inner product) of each pair ``(queries[query_index[j]],
-    vectors[rows[j]])``, with memory bounded by :data:`CHUNK` however many pairs.
+    vectors[rows[j]])``, with memory bounded by :data:`CHUNK` (:data:`GATHER_CHUNK`
+    when gathered) however many pairs.
 
     With ``products``, when the pairs cover much of the store for each query (a
     large leaf read by many queries, as with class identifiers), the values
@@ -121,10 +123,11 @@ def pair_values(vectors: torch.Tensor, queries: torch.Tensor, query_index: torch
         values = _dense_values(vectors, queries, query_index, rows, metric, norms)
     else:
         values = torch.empty(len(rows), device=vectors.device)
-        step = max(1, CHUNK // max(vectors.shape[1], 1))
+        step = max(1, GATHER_CHUNK // max(vectors.shape[1], 1))
         for start in range(0, len(rows), step):
             part = slice(start, start + step)
-            found, query = vectors[rows[part]], queries[query_index[part]]  # new tensors
+            found = torch.index_select(vectors, 0, rows[part])  # new tensors
+            query = torch.index_select(queries, 0, query_index[part])
             values[part] = (found.mul_(query) if metric == "ip"
                             else found.sub_(query).square_()).sum(dim=1)
     if order is None:

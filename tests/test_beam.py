@@ -133,13 +133,13 @@ def test_pair_values_equal_the_pairs_computed_one_at_a_time(items, queries, pair
                         else (vectors[r] - q[i]).square().sum()
                         for i, r in zip(query_index.tolist(), rows.tolist())])
     for chunk, dense in ((1 << 24, 16), (16, 16), (16, 10**9), (16, 0)):
-        old = store.CHUNK, store.DENSE
-        store.CHUNK, store.DENSE = chunk, dense
+        old = store.CHUNK, store.GATHER_CHUNK, store.DENSE
+        store.CHUNK, store.GATHER_CHUNK, store.DENSE = chunk, chunk, dense
         try:
             got = store.pair_values(vectors, q, query_index, rows, metric)
             exact = store.pair_values(vectors, q, query_index, rows, metric, products=False)
         finally:
-            store.CHUNK, store.DENSE = old
+            store.CHUNK, store.GATHER_CHUNK, store.DENSE = old
         torch.testing.assert_close(exact, want, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 

@@ -215,3 +215,15 @@ def test_the_ragged_step_gives_the_dense_step_s_results_on_a_trained_index(data,
     for dense, ragged in zip(results[-1.0], results[1.0]):
         np.testing.assert_allclose(ragged.scores, dense.scores, rtol=1e-5, atol=1e-5)
         assert (ragged.ids == dense.ids).mean() > 0.99  # near-ties may swap
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1, 16), st.integers(1, 4), st.integers(1, 40), st.integers(0, 10**6))
+def test_short_cached_attention_equals_pytorch_s(positions, heads, beams, seed):
+    """One new position over a few cached ones, by elementwise products (float32)."""
+    from genindex.decoder import _short_attention
+
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(beams, heads, t, 8, generator=g) for t in (1, positions, positions))
+    torch.testing.assert_close(_short_attention(q, k, v),
+                               F.scaled_dot_product_attention(q, k, v), atol=1e-5, rtol=1e-5)
