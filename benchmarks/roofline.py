@@ -1,23 +1,25 @@
 """The FLOP account of one search, against the peak this machine reaches for the same shapes.
 
-For the emoji main job's index (``--config``, built on the cached features and
-kept in genindex's cache folder) and for the paper's 12 x 768 decoder on the
-same tokenizer and items (random weights: the shapes and speed, not the
-quality), the reported queries are searched four ways (``VARIANTS``): as the
-search ran before the ragged step and the CPU settings (float32, every step
-dense over all L codes, 8,192 beams a batch, PyTorch's attention kernel for
-the cached steps, 64 MiB gathers: those module settings put back), and as it
-runs now in float32, in bfloat16 with dense steps, and in bfloat16 as it is
-(the default on a CPU with AMX). Each search is run with ``timings``, while hooks count the FLOPs of every matrix
-product by part: the encoder (the queries' memory tokens), the decoder blocks,
-the output layer ("head") and the exact distances of the items. The peak is
-measured here, for every (in, out) shape a part multiplies, on 8,192 rows in
-both precisions; a part's peak is its FLOP-weighted harmonic mean. Attention
-over at most M cached positions and the mask and select parts (memory
-traffic, no matrix products) are timed, not counted.
+For the main job's index (``benchmarks/configs/<dataset>-feature.json``, seed
+0, built on the cached features and kept in genindex's cache folder) and for
+the paper's 12 x 768 decoder on the same tokenizer and items (random weights:
+the shapes and speed, not the quality), the reported queries are searched four
+ways (``VARIANTS``): as the search ran before the ragged step and the CPU
+settings (float32, every step dense over all L codes, 8,192 beams a batch,
+PyTorch's attention kernel for the cached steps, 64 MiB gathers: those module
+settings put back), and as it runs now in float32, in bfloat16 with dense
+steps, and in bfloat16 as it is (the default on a CPU with AMX). Each search
+is run with ``timings`` while hooks count the FLOPs of every matrix product by
+part: the encoder (the queries' memory tokens), the decoder blocks, the output
+layer ("head") and the exact distances of the items. The peak is measured
+here, for every (in, out) shape a part multiplies, on 8,192 rows in both
+precisions; a part's peak is its FLOP-weighted harmonic mean. Attention over
+at most M cached positions and the mask and select parts (memory traffic, no
+matrix products) are timed, not counted.
 
     python benchmarks/roofline.py [--dataset emoji] [--k 100] [--beam 100]
-        [--paper-k 30] [--paper-beam 30] [--repeats 3] [--threads 2] [--out results/roofline]
+        [--paper-k 30] [--paper-beam 30] [--paper-queries 256] [--repeats 3]
+        [--threads 2] [--out results/roofline]
 """
 
 from __future__ import annotations
