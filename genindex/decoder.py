@@ -319,19 +319,19 @@ class Decoder(nn.Module):
         return logits + self.code_scale * _row_dots(state.to(dtype), rows, codewords, codes)
 
     def _output_rows(self, level: int, dtype: torch.dtype) -> tuple[torch.Tensor, Any]:
-        """The output layer's rows at ``level`` (and the codewords') in ``dtype``: the
-        weights themselves in float32, else a copy kept until the weights change."""
+        """The output layer's (and codewords') rows at ``level`` in ``dtype``: a copy
+        kept until the weights change (float32: the weights)."""
         tables = (self.head[level], None if self.codewords is None else self.codewords[level])
         if dtype == torch.float32:
             return tables
-        key = (level, dtype, self.head._version, self.head.data_ptr(),
-               None if self.codewords is None else self.codewords._version)
-        cache = self.__dict__.setdefault("_low_precision_rows", {})
-        if key not in cache:
-            if len(cache) > 2 * self.num_codebooks:  # stale copies of earlier weights
-                cache.clear()
-            cache[key] = tuple(None if t is None else t.detach().to(dtype) for t in tables)
-        return cache[key]
+        version = (self.head._version, self.head.data_ptr(),
+                   None if self.codewords is None else self.codewords._version)
+        cache = self.__dict__.setdefault("_low_precision_rows", {})  # (level, dtype): one
+        kept = cache.get((level, dtype))
+        if kept is None or kept[0] != version:
+            kept = cache[level, dtype] = (version, tuple(None if t is None else
+                                                         t.detach().to(dtype) for t in tables))
+        return kept[1]
 
     def _embed(self, prefix: torch.Tensor) -> torch.Tensor:
         """Start token followed by the level-specific embedding of each code."""

@@ -227,3 +227,23 @@ def test_short_cached_attention_equals_pytorch_s(positions, heads, beams, seed):
     q, k, v = (torch.randn(beams, heads, t, 8, generator=g) for t in (1, positions, positions))
     torch.testing.assert_close(_short_attention(q, k, v),
                                F.scaled_dot_product_attention(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+def test_code_logits_equal_level_logits_and_follow_changed_weights():
+    """The ragged head's values are the dense head's at those codes, in float32 and in
+    bfloat16, and its low-precision copy of the weights follows an in-place change."""
+    torch.manual_seed(0)
+    decoder = Decoder.for_vectors(CONFIG, 6, 2, 4).eval()
+    h = torch.randn(5, 1, CONFIG.n_embd)
+    rows, codes = torch.tensor([0, 0, 2, 4, 4]), torch.tensor([1, 5, 0, 3, 2])
+    for autocast in (False, True):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            dense = decoder.level_logits(h, 1).float()[:, 0]
+            ragged = decoder.code_logits(h[:, 0], rows, 1, codes)
+            torch.testing.assert_close(ragged, dense[rows, codes], atol=0.05 if autocast
+                                       else 1e-5, rtol=0.02 if autocast else 1e-5)
+            decoder.head.mul_(2.0)  # the cached bfloat16 rows must follow
+            again = decoder.code_logits(h[:, 0], rows, 1, codes)
+            torch.testing.assert_close(again, 2 * ragged, atol=0.1 if autocast else 1e-5,
+                                       rtol=0.02 if autocast else 1e-5)
+            decoder.head.mul_(0.5)
