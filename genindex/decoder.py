@@ -8,19 +8,21 @@ identifier ``(l_1, ..., l_M)`` is scored as prod_t p(l_t | x, l_<t) (eq. 5).
 Training calls :meth:`Decoder.forward` on whole identifiers (teacher forcing).
 Beam search calls :meth:`Decoder.start` once per batch of queries and then
 :meth:`Decoder.step` once per code: a key/value cache keeps every earlier
-position, and beams attend to their query's memory without copying it.
+position, and beams attend to their query's memory without copying it. After
+the first code, the first block's self-attention depends on that code alone,
+and is read from a table (:func:`genindex.tables.after_first_code`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import tables
 from .backbones import Backbone
 from .config import DecoderConfig
 
@@ -149,10 +151,12 @@ class Block(nn.Module):
             rows, beams, width = h.shape
             a, present = self.attn(h.reshape(rows * beams, 1, width), past)
             a = a.reshape(rows, beams, width)
-        x = x + a
+        return self.finish(x + a, memory_kv), present
+
+    def finish(self, x: torch.Tensor, memory_kv: KV) -> torch.Tensor:
+        """The block after its self-attention: cross-attention, then the MLP."""
         x = x + self.cross(self.ln_2(x), memory_kv)
-        x = x + self.mlp(self.ln_3(x))
-        return x, present
+        return x + self.mlp(self.ln_3(x))
 
 
 @dataclass
@@ -163,13 +167,19 @@ class DecodeState:
     past: list[KV]  # per layer, (Q * beams, heads, t, head_dim)
     beams: int = 1
     t: int = 0
+    levels: int = 0  # M: the step at t == M - 1 is the last, its cache never read
+    # inference: after the first code, block 0 reads its attention from a table
+    # (genindex.tables.after_first_code), so its cache of the start token is not copied
+    tabled: bool = False
 
     def reorder(self, source: torch.Tensor) -> None:
         """Keep beam ``source[q, j]`` of each query as its new beam ``j``."""
         queries, beams = source.shape
         flat = (source + self.beams * torch.arange(queries, device=source.device)[:, None])
         flat = flat.reshape(-1)
-        self.past = [(k.index_select(0, flat), v.index_select(0, flat)) for k, v in self.past]
+        skip = 1 if self.tabled and self.t == 1 else 0
+        self.past = self.past[:skip] + [(k.index_select(0, flat), v.index_select(0, flat))
+                                        for k, v in self.past[skip:]]
         self.beams = beams
 
 
@@ -272,7 +282,10 @@ class Decoder(nn.Module):
         memory_kv = [block.cross.memory_kv(memory) for block in self.blocks]
         head_dim = self.config.n_embd // self.config.n_head
         empty = memory.new_zeros(len(x), self.config.n_head, 0, head_dim)
-        return DecodeState(memory_kv, [(empty, empty)] * len(self.blocks))
+        return DecodeState(memory_kv, [(empty, empty)] * len(self.blocks),
+                           levels=self.num_codebooks,
+                           tabled=tables.FIRST_CODE_TABLE and not (
+                               self.training or torch.is_grad_enabled()))
 
     def step(self, state: DecodeState, codes: torch.Tensor | None) -> torch.Tensor:
         """Feed each beam's latest code (Q, beams), or at ``state.t == 0`` ``codes=None``
@@ -288,15 +301,19 @@ class Decoder(nn.Module):
     def advance(self, state: DecodeState, codes: torch.Tensor | None) -> torch.Tensor:
         """:meth:`step` up to the output layer: each beam's final hidden state
         (Q, beams, E), which :meth:`code_logits` scores for chosen codes only."""
-        queries = len(state.memory_kv[0][0])
-        if state.t == 0:
-            tokens = torch.zeros(queries, state.beams, dtype=torch.long,
-                                 device=state.memory_kv[0][0].device)
+        queries, skip = len(state.memory_kv[0][0]), 0
+        if state.t == 1 and state.tabled:
+            # after the first code, block 0's self-attention is the code's alone: a table
+            h, cache = tables.after_first_code(self, codes, state.past[0][0].dtype,
+                                               cache=state.levels > 2)
+            h, present, skip = self.blocks[0].finish(h, state.memory_kv[0]), [cache], 1
         else:
-            tokens = 1 + (state.t - 1) * self.codebook_size + codes
-        h = self.drop(self.wte(tokens) + self.wpe.weight[state.t])
-        present = []
-        for block, kv, past in zip(self.blocks, state.memory_kv, state.past):
+            tokens = (torch.zeros(queries, state.beams, dtype=torch.long,
+                                  device=state.memory_kv[0][0].device) if state.t == 0
+                      else 1 + (state.t - 1) * self.codebook_size + codes)
+            h, present = self.drop(self.wte(tokens) + self.wpe.weight[state.t]), []
+        for block, kv, past in zip(self.blocks[skip:], state.memory_kv[skip:],
+                                   state.past[skip:]):
             h, cache = block(h, kv, past)
             present.append(cache)
         state.past = present
@@ -312,26 +329,11 @@ class Decoder(nn.Module):
         dtype = (torch.get_autocast_dtype(h.device.type)
                  if torch.is_autocast_enabled(h.device.type) else torch.float32)
         state = None if self.codewords is None else F.normalize(self.to_code(h), dim=-1)
-        head, codewords = self._output_rows(level, dtype)
-        logits = _row_dots(h.to(dtype), rows, head, codes)
+        head, codewords = tables.output_rows(self, level, dtype)
+        logits = tables.row_dots(h.to(dtype), rows, head, codes)
         if state is None:
             return logits
-        return logits + self.code_scale * _row_dots(state.to(dtype), rows, codewords, codes)
-
-    def _output_rows(self, level: int, dtype: torch.dtype) -> tuple[torch.Tensor, Any]:
-        """The output layer's (and codewords') rows at ``level`` in ``dtype``: a copy
-        kept until the weights change (float32: the weights)."""
-        tables = (self.head[level], None if self.codewords is None else self.codewords[level])
-        if dtype == torch.float32:
-            return tables
-        version = (self.head._version, self.head.data_ptr(),
-                   None if self.codewords is None else self.codewords._version)
-        cache = self.__dict__.setdefault("_low_precision_rows", {})  # (level, dtype): one
-        kept = cache.get((level, dtype))
-        if kept is None or kept[0] != version:
-            kept = cache[level, dtype] = (version, tuple(None if t is None else
-                                                         t.detach().to(dtype) for t in tables))
-        return kept[1]
+        return logits + self.code_scale * tables.row_dots(state.to(dtype), rows, codewords, codes)
 
     def _embed(self, prefix: torch.Tensor) -> torch.Tensor:
         """Start token followed by the level-specific embedding of each code."""
@@ -376,16 +378,6 @@ def _short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     on a CPU spends far longer setting up each of the B x H tiny problems."""
     weights = (q.float() * k.float()).sum(dim=-1, keepdim=True).mul_(q.shape[-1] ** -0.5)
     return (weights.softmax(dim=2) * v.float()).sum(dim=2, keepdim=True).to(v.dtype)
-
-
-def _row_dots(a: torch.Tensor, rows: torch.Tensor, b: torch.Tensor,
-              columns: torch.Tensor) -> torch.Tensor:
-    """(T,) float32: the dot products of rows ``a[rows]`` and ``b[columns]`` (the
-    fastest kernel on CPUs: a batched product in float32, ``vecdot`` below it)."""
-    left, right = torch.index_select(a, 0, rows), torch.index_select(b, 0, columns)
-    if a.dtype == torch.float32:
-        return torch.bmm(left[:, None, :], right[:, :, None]).reshape(-1)
-    return torch.linalg.vecdot(left, right).float()
 
 
 def _heads(x: torch.Tensor, n_head: int) -> torch.Tensor:

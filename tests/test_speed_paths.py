@@ -233,8 +233,8 @@ def test_code_logits_equal_level_logits_and_follow_changed_weights():
     """The ragged head's values are the dense head's at those codes, in float32 and in
     bfloat16, and its low-precision copy of the weights follows an in-place change."""
     torch.manual_seed(0)
-    decoder = Decoder.for_vectors(CONFIG, 6, 2, 4).eval()
-    h = torch.randn(5, 1, CONFIG.n_embd)
+    decoder = Decoder.for_vectors(CONFIG, 6, 2, 4).eval().requires_grad_(False)
+    h = 50 * torch.randn(5, 1, CONFIG.n_embd)  # logits of a few units: a stale copy shows
     rows, codes = torch.tensor([0, 0, 2, 4, 4]), torch.tensor([1, 5, 0, 3, 2])
     for autocast in (False, True):
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
@@ -247,3 +247,53 @@ def test_code_logits_equal_level_logits_and_follow_changed_weights():
             torch.testing.assert_close(again, 2 * ragged, atol=0.1 if autocast else 1e-5,
                                        rtol=0.02 if autocast else 1e-5)
             decoder.head.mul_(0.5)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1, 2), st.integers(2, 3), st.integers(2, 9), st.integers(1, 5),
+       st.booleans(), st.integers(0, 10**6))
+def test_stepped_logits_equal_teacher_forcing_s(layers, levels, size, beams, autocast, seed):
+    """Cached steps (the first block's attention after the first code read from a
+    table) give the logits of ``forward`` on whole prefixes, float32 and bfloat16."""
+    torch.manual_seed(seed)
+    config = dataclasses.replace(CONFIG, n_layer=layers)
+    decoder = Decoder.for_vectors(config, size, levels, 4).eval()
+    x = torch.randn(3, 4)
+    codes = torch.randint(0, size, (3, beams, levels))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        reference = decoder(x.repeat_interleave(beams, 0), codes.reshape(3 * beams, levels)[
+            :, :-1])[0].float().reshape(3, beams, levels, size)
+        state = decoder.start(x)
+        stepped = [decoder.step(state, None).float().expand(-1, beams, -1)]
+        state.reorder(torch.zeros(3, beams, dtype=torch.long))
+        for level in range(1, levels):
+            stepped.append(decoder.step(state, codes[:, :, level - 1]).float())
+    tolerance = {"atol": 0.05, "rtol": 0.02} if autocast else {"atol": 1e-5, "rtol": 1e-5}
+    torch.testing.assert_close(torch.stack(stepped, dim=2), reference, **tolerance)
+
+
+def test_first_code_table_follows_changed_weights():
+    """A frozen decoder's table is recomputed when an embedding or the attention
+    changes; a training one's, at every call (an optimiser's write may leave the
+    versions as they were, as a write through ``.data`` does)."""
+    torch.manual_seed(0)
+    decoder = Decoder.for_vectors(CONFIG, 6, 2, 4).eval().requires_grad_(False)
+    x, codes = torch.randn(2, 4), torch.tensor([[1], [4]])
+
+    def last_step():
+        state = decoder.start(x)
+        decoder.step(state, None)
+        return decoder.step(state, codes)
+
+    with torch.no_grad():
+        before = last_step()
+        for weight in (decoder.wte.weight, decoder.blocks[0].attn.c_attn.weight):
+            weight.mul_(3.0)
+            expected = decoder(x, codes)[0][:, 1:]
+            torch.testing.assert_close(last_step(), expected, atol=1e-5, rtol=1e-5)
+            assert not torch.allclose(last_step(), before)
+        decoder.requires_grad_(True)  # training: the versions no longer tell
+        last_step()
+        decoder.wte.weight.data.mul_(0.5)
+        torch.testing.assert_close(last_step(), decoder(x, codes)[0][:, 1:], atol=1e-5,
+                                   rtol=1e-5)

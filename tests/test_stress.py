@@ -236,7 +236,8 @@ def _check_final(book: Book, a, b, c) -> None:
     assert set(held.tolist()) <= set(book.vectors), "an id that was never added"
     np.testing.assert_array_equal(np.concatenate([a.reconstruct_batch(a.ids),
                                                   b.reconstruct_batch(b.ids)]),
-                                  np.stack([book.vectors[int(i)] for i in held]))
+                                  np.array([book.vectors[int(i)] for i in held],
+                                           dtype=np.float32).reshape(len(held), a.d))
     last_reset_end = max((end for _, end in book.resets), default=-1)
     sure = {i for i, begin in book.acked.items()
             if i not in book.maybe and begin > last_reset_end}
