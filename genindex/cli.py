@@ -5,6 +5,8 @@
     genindex add my.index --vectors more.npy
     genindex info my.index
     genindex eval my.index --vectors Q.npy --labels yq.npy --db-labels y.npy
+    genindex shard-build trained.gidx --vectors slices/ --out shards/ --ray
+    genindex serve shards/ --port 8000
     torchrun --nproc_per_node=4 -m genindex build ...   # data-parallel training
 
 Exit status: 0 on success, 1 when the command fails (a one-line ``genindex:
@@ -25,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from . import __version__, checks, distributed
+from . import __version__, checks, cli_shards, distributed
 from .cli_inputs import (
     check_out,
     expand_images,
@@ -390,4 +392,4 @@ COMMANDS = (
             _eval_args, _eval,
             "  genindex eval my.index --vectors q.npy --labels yq.npy --db-labels y.npy\n"
             "  genindex eval my.index --images val/ --labels-from-dirs --db-labels train/"),
-)
+) + tuple(Command(*command) for command in cli_shards.COMMANDS)

@@ -60,3 +60,13 @@ def images(tmp_path_factory):
     """50 small PNG files, 5 classes: (paths, labels)."""
     pytest.importorskip("PIL")
     return write_images(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """A local Ray of 2 CPUs, started once for the tests that need it."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    yield ray
+    ray.shutdown()

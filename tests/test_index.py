@@ -240,9 +240,10 @@ def test_importing_genindex_loads_no_optional_dependency():
     import subprocess
     import sys
 
-    code = ("import sys, genindex; "
+    code = ("import sys, genindex, genindex.shards, genindex.shard_build, genindex.serving, "
+            "genindex.cli; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('faiss', 'scann', 'open_clip', 'matplotlib', 'diskannpy')))")
+            "('faiss', 'scann', 'open_clip', 'matplotlib', 'diskannpy', 'ray')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
