@@ -154,12 +154,13 @@ def timed(call, *args, **kwargs) -> tuple[Any, float]:
     return result, time.perf_counter() - start
 
 
-def status(field: str) -> int:
-    """A ``/proc/self/status`` memory field (VmRSS, VmHWM) in bytes."""
-    for line in Path("/proc/self/status").read_text().splitlines():
+def status(field: str, pid: int | str = "self") -> int:
+    """A ``/proc/<pid>/status`` memory field (VmRSS, VmHWM) in bytes (this process's
+    by default)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
-    raise SystemExit(f"reading /proc/self/status (Linux only): no {field}")
+    raise SystemExit(f"reading /proc/{pid}/status (Linux only): no {field}")
 
 
 def throughput(search, queries: np.ndarray) -> tuple[np.ndarray, float]:

@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import provenance, report  # noqa: E402
+from benchmarks.common import GIB, status  # noqa: E402
 from benchmarks.rows import Table, TableSet  # noqa: E402
 from benchmarks.speed import CLASSES, CONFIG, PER_CLASS, around, centres, extra_vectors  # noqa: E402
 from genindex import GenerativeIndex  # noqa: E402
@@ -43,10 +44,7 @@ K, BEAM = 10, 10
 
 def rss(pid: int | str = "self") -> float:
     """Resident memory of a process, GiB (``VmRSS``)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 2**20
-    return float("nan")
+    return status("VmRSS", pid) / GIB
 
 
 def timed_searches(index, queries: np.ndarray, single: int) -> dict:

@@ -166,6 +166,15 @@ def as_labels(labels: Any, n: int, *, min_classes: int = 2,
     return index.astype(np.int64).reshape(-1)
 
 
+def next_ids(first: int, n: int) -> np.ndarray:
+    """The ``n`` consecutive int64 ids from ``first`` (what ``add`` hands out), refused
+    where they would pass the largest int64."""
+    if first > np.iinfo(np.int64).max - n + 1:
+        raise ValueError(f"x: no {n} consecutive int64 ids are left after {first - 1}, "
+                         "the largest id used; use add_with_ids")
+    return np.arange(first, first + n, dtype=np.int64)
+
+
 def as_k(k: Any) -> int:
     return as_positive_int(k, "k")
 

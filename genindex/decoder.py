@@ -26,7 +26,7 @@ from . import tables
 from .backbones import Backbone
 from .config import DecoderConfig
 
-KV = tuple[torch.Tensor, torch.Tensor]
+KV = tables.KV
 # a cached step's self-attention over at most this many positions: by elementwise products
 SHORT_ATTENTION = 16
 
@@ -167,7 +167,6 @@ class DecodeState:
     past: list[KV]  # per layer, (Q * beams, heads, t, head_dim)
     beams: int = 1
     t: int = 0
-    levels: int = 0  # M: the step at t == M - 1 is the last, its cache never read
     # inference: after the first code, block 0 reads its attention from a table
     # (genindex.tables.after_first_code), so its cache of the start token is not copied
     tabled: bool = False
@@ -283,7 +282,6 @@ class Decoder(nn.Module):
         head_dim = self.config.n_embd // self.config.n_head
         empty = memory.new_zeros(len(x), self.config.n_head, 0, head_dim)
         return DecodeState(memory_kv, [(empty, empty)] * len(self.blocks),
-                           levels=self.num_codebooks,
                            tabled=tables.FIRST_CODE_TABLE and not (
                                self.training or torch.is_grad_enabled()))
 
@@ -305,7 +303,7 @@ class Decoder(nn.Module):
         if state.t == 1 and state.tabled:
             # after the first code, block 0's self-attention is the code's alone: a table
             h, cache = tables.after_first_code(self, codes, state.past[0][0].dtype,
-                                               cache=state.levels > 2)
+                                               cache=self.num_codebooks > 2)
             h, present, skip = self.blocks[0].finish(h, state.memory_kv[0]), [cache], 1
         else:
             tokens = (torch.zeros(queries, state.beams, dtype=torch.long,
@@ -326,8 +324,7 @@ class Decoder(nn.Module):
         of ``h`` (B, E), :meth:`advance`'s hidden states: :meth:`step`'s values at those
         codes, computed for them alone (a beam whose prefix allows a few of the L codes
         scores those few). Under autocast the output rows are gathered in its dtype."""
-        dtype = (torch.get_autocast_dtype(h.device.type)
-                 if torch.is_autocast_enabled(h.device.type) else torch.float32)
+        dtype = tables.working_dtype(h.device)
         state = None if self.codewords is None else F.normalize(self.to_code(h), dim=-1)
         head, codewords = tables.output_rows(self, level, dtype)
         logits = tables.row_dots(h.to(dtype), rows, head, codes)

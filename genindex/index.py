@@ -142,11 +142,7 @@ class GenerativeIndex(faiss_api.FaissMethods, Persistence):
         self._require_trained()
         inputs = self._inputs(x, self.verbose if progress is None else progress)
         with self._lock:
-            first, n = self._next_id, len(inputs.tensor)
-            if first > np.iinfo(np.int64).max - n + 1:
-                raise ValueError(f"x: no {n} consecutive int64 ids are left after {first - 1}, "
-                                 "the largest id used; use add_with_ids")
-            self._insert(inputs, np.arange(first, first + n, dtype=np.int64))
+            self._insert(inputs, checks.next_ids(self._next_id, len(inputs.tensor)))
 
     def add_with_ids(self, x: Any, ids: Any, *, progress: bool | None = None) -> None:
         """Add items under the given distinct int64 ids, none of them already present

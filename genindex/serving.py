@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import checks
-from .shards import import_ray, merge
+from .shards import import_ray, merge, merged_values
 
 QUERY_KEYS = ("beam_size", "order", "k_factor")
 
@@ -65,13 +65,10 @@ def app(paths: list[str], *, num_cpus: float = 0.0) -> Any:
             if self.info is None:  # the first shard's d and metric (all share one model)
                 self.info = await self.shards[0].info.remote()
             x, k = checks.as_vectors(x, self.info["d"]), checks.as_k(k)
-            if query.get("order") not in (None, "metric", "semantic"):
-                raise ValueError(f"order={query['order']!r}: shards merge distances or "
-                                 "cosines, not log-probabilities")
+            merged = merged_values(query.get("order"), self.info["metric"])
             answers = [await response for response in
                        [shard.search.remote(x, k, query) for shard in self.shards]]
-            semantic = query.get("order") == "semantic"
-            return tuple(merge(answers, k, "semantic" if semantic else self.info["metric"]))
+            return tuple(merge(answers, k, merged))
 
         async def __call__(self, request: Any) -> Any:
             from starlette.responses import JSONResponse

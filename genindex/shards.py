@@ -43,6 +43,7 @@ import torch
 
 from . import checks
 from .beam import PADDING
+from .faiss_api import METRIC_INNER_PRODUCT, METRIC_L2
 from .index import GenerativeIndex, SearchResult
 
 BACKENDS = ("threads", "ray")
@@ -103,9 +104,8 @@ class ShardServer:
     def _remove_ids(self, ids: np.ndarray) -> int:
         return self.index.remove_ids(ids)
 
-    def _reset(self) -> int:
+    def _reset(self) -> None:
         self.index.reset()
-        return 0
 
     def _save(self) -> None:
         self.index.save(self.path, overwrite=True)
@@ -175,31 +175,21 @@ class ShardedIndex:
     @property
     def metric_type(self) -> int:
         """Faiss's metric constant: METRIC_L2 (1) or METRIC_INNER_PRODUCT (0)."""
-        return 1 if self.metric == "l2" else 0
+        return METRIC_L2 if self.metric == "l2" else METRIC_INNER_PRODUCT
 
     def search(self, x: Any, k: int, **query: Any) -> SearchResult:
         """The ``k`` nearest items over all shards: ``D, I = sharded.search(x, k)``.
         ``query``: :meth:`GenerativeIndex.search`'s keywords (``beam_size``,
         ``order``, ``k_factor``, ``filter``, ``params``, ...), given to every shard."""
-        x = checks.as_vectors(x, self.d)
-        k = checks.as_k(k)
-        order = query.get("order")
-        if order not in (None, "metric", "semantic"):
-            raise ValueError(f"order={order!r}: shards merge distances ('metric') or f_cls "
-                             "cosines ('semantic'); log-probabilities of different shards' "
-                             "identifiers do not compare")
-        answers = self._call(range(self.nshards), "search", x, k, query)
-        return merge(answers, k, "semantic" if order == "semantic" else self.metric)
+        x, k = checks.as_vectors(x, self.d), checks.as_k(k)
+        merged = merged_values(query.get("order"), self.metric)
+        return merge(self._call(range(self.nshards), "search", x, k, query), k, merged)
 
     def add(self, x: Any) -> None:
         """Add items under the next global ids, to the shard with the fewest items."""
         x = checks.as_vectors(x, self.d)
         with self._lock:
-            first = self._next_id
-            if first > np.iinfo(np.int64).max - len(x) + 1:
-                raise ValueError(f"x: no {len(x)} consecutive int64 ids are left after "
-                                 f"{first - 1}, the largest id used; use add_with_ids")
-            self._add(x, np.arange(first, first + len(x), dtype=np.int64))
+            self._add(x, checks.next_ids(self._next_id, len(x)))
 
     def add_with_ids(self, x: Any, ids: Any) -> None:
         """Add items under the given distinct ids, none of them in any shard."""
@@ -277,6 +267,16 @@ class ShardedIndex:
                 raise ValueError(f"{path}: this shard's model (config, metric or weights) "
                                  f"is not {'the given' if model else 'the first shard'}'s; "
                                  "every shard must be a copy of one trained index")
+
+
+def merged_values(order: str | None, metric: str) -> str:
+    """What shards answering in ``order`` return, as :func:`merge` takes it: the index's
+    ``metric`` (``"l2"``, ``"ip"``) or ``"semantic"``; the generative order is refused."""
+    if order not in (None, "metric", "semantic"):
+        raise ValueError(f"order={order!r}: shards merge distances ('metric') or f_cls "
+                         "cosines ('semantic'); log-probabilities of different shards' "
+                         "identifiers do not compare")
+    return "semantic" if order == "semantic" else metric
 
 
 def merge(answers: list[tuple[np.ndarray, np.ndarray]], k: int, metric: str) -> SearchResult:

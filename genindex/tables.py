@@ -56,7 +56,7 @@ def output_rows(decoder: nn.Module, level: int, dtype: torch.dtype) -> tuple[tor
 
 
 def row_dots(a: torch.Tensor, rows: torch.Tensor, b: torch.Tensor,
-              columns: torch.Tensor) -> torch.Tensor:
+             columns: torch.Tensor) -> torch.Tensor:
     """(T,) float32: the dot products of rows ``a[rows]`` and ``b[columns]`` (the
     fastest kernel on CPUs: a batched product in float32, ``vecdot`` below it)."""
     left, right = torch.index_select(a, 0, rows), torch.index_select(b, 0, columns)
@@ -74,7 +74,7 @@ def after_first_code(decoder: nn.Module, codes: torch.Tensor, dtype: torch.dtype
     in the precision (autocast) the search runs in: the table is that one's."""
     block = decoder.blocks[0]
     modules = (decoder.wte, decoder.wpe, block.ln_1, block.attn)
-    key = ("first code", _autocast_dtype(codes.device), dtype)
+    key = ("first code", working_dtype(codes.device), dtype)
     table = _kept(decoder, key, _versions([p for m in modules for p in m.parameters()]),
                   lambda: _first_code_table(decoder, dtype, codes.device))
     flat = codes.reshape(-1)
@@ -121,6 +121,7 @@ def _versions(tensors: list[torch.Tensor]) -> tuple:
     return tuple((t._version, t.data_ptr()) for t in tensors)
 
 
-def _autocast_dtype(device: torch.device) -> torch.dtype:
+def working_dtype(device: torch.device) -> torch.dtype:
+    """The precision matrix products run in here: autocast's, else float32."""
     return (torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type)
             else torch.float32)
