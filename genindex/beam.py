@@ -123,14 +123,17 @@ def _search_batch(snapshot: Snapshot, trie: Trie, batch: torch.Tensor, beam_size
                   pool: int, metric: str | None, fusion: float, dtype: Any,
                   timings: dict[str, float] | None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(scores, ids)`` (Q, pool) of one batch of queries, best first (see search)."""
-    distance = vectors = prior = None
-    if snapshot.vectors is not None or fusion:
+    distance = vectors = prior = bias = None
+    trained = snapshot.decoder.config.prior
+    if snapshot.vectors is not None or fusion or trained:
         with timed(timings, "encoder", batch.device):
             vectors = snapshot.tokenizer.feature_vectors(batch)
             if fusion:
                 prior = fusion_scores.codeword_scores(snapshot.tokenizer, vectors, fusion)
-    beams = beam_search(snapshot.decoder, batch, trie, beam_size, prior=prior, dtype=dtype,
-                        timings=timings)
+            if trained:
+                bias = fusion_scores.codeword_scores(snapshot.tokenizer, vectors, trained)
+    beams = beam_search(snapshot.decoder, batch, trie, beam_size, prior=prior, bias=bias,
+                        dtype=dtype, timings=timings)
     if snapshot.vectors is not None:  # a leaf's items in the metric's order (else by L2)
         within = snapshot.vectors.distance(batch.device, vectors, "ip" if metric == "ip"
                                            else "l2", exact=False)
@@ -178,7 +181,8 @@ def rank_by_metric(ids: torch.Tensor, measure: Callable[[torch.Tensor, torch.Ten
 
 
 def beam_search(decoder: Decoder, x: torch.Tensor, trie: Trie, beam_size: int, *,
-                prior: torch.Tensor | None = None, dtype: torch.dtype | str | None = None,
+                prior: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                dtype: torch.dtype | str | None = None,
                 timings: dict[str, float] | None = None) -> Beams:
     """The ``beam_size`` most likely valid identifiers for each query in ``x``.
 
@@ -188,12 +192,18 @@ def beam_search(decoder: Decoder, x: torch.Tensor, trie: Trie, beam_size: int, *
     with scores off by about 1e-2. Scores and beam selection stay float32.
     ``prior`` (Q, M, L), if given, is added to each code's log-probability at
     its level, a finished beam's forced codes included (score fusion:
-    :func:`genindex.fusion.codeword_scores`).
+    :func:`genindex.fusion.codeword_scores`). ``bias`` (Q, M, L) is added to each
+    code's logit, before its softmax: a decoder trained with ``DecoderConfig.prior``
+    needs it (the same scores at that weight), any other takes none.
     ``timings``, if given, accumulates the seconds spent in each of
     :data:`TIMED_PARTS` (synchronising the device around each part).
     """
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+    if (bias is None) != (not decoder.config.prior):
+        raise ValueError(f"beam_search: a decoder trained with prior="
+                         f"{decoder.config.prior} needs bias= of that weight, any other "
+                         f"takes none (genindex.fusion.codeword_scores)")
     queries, device = len(x), x.device
     precision = precision_context(device, dtype)
     with torch.inference_mode():
@@ -210,7 +220,7 @@ def beam_search(decoder: Decoder, x: torch.Tensor, trie: Trie, beam_size: int, *
                 h = decoder.advance(state, codes)  # (Q, width, E)
             ragged = steps.choose(trie, depth, nodes)
             step = (steps.ragged_step if ragged else steps.dense_step)(
-                decoder, h, trie, depth, beam, beam_size, prior, dtype, timings)
+                decoder, h, trie, depth, beam, beam_size, prior, dtype, timings, bias)
             done_scores, done_leaves = step.done_scores, step.done_leaves
             if not step.live.any():
                 break

@@ -146,6 +146,11 @@ class DecoderConfig:
     # softmax(cosine(f_cls of the input, first-level codeword) / temperature), the odds
     # the tokenizer's own embedding gives; 0: off (docs/benchmarks.md).
     distill: float = 0.0
+    # A trained prior: plus this weight times the cosine of the input's f_cls with each
+    # code's codeword (genindex.fusion.codeword_scores) inside every code's logit, in
+    # training and in search, so the decoder learns what the tokenizer's embedding
+    # misses; 0: off. Not yet measured on a validation split (docs/api.md).
+    prior: float = 0.0
     # Stopping rule: end training once the share of held-out items (IndexConfig.holdout)
     # whose greedily decoded identifier is a partner's has not improved for this many
     # epochs; 0 (the default): train every epoch. On the emoji validation split the
@@ -157,7 +162,7 @@ class DecoderConfig:
         _check_positive(self, "n_layer", "n_head", "n_embd", "n_memory", "epochs",
                         "batch_size", "neighbors")
         _check_nonnegative(self, "dropout", "input_dropout", "label_smoothing", "lr", "distill",
-                           "warmup_epochs", "min_steps", "patience")
+                           "prior", "warmup_epochs", "min_steps", "patience")
         if not (self.dropout < 1 and self.input_dropout < 1 and self.label_smoothing < 1):
             raise ValueError("DecoderConfig: dropout, input_dropout and label_smoothing "
                              "must be < 1")
@@ -176,6 +181,9 @@ class DecoderConfig:
         if self.targets not in ("partner", "f_cls"):
             raise ValueError(f"DecoderConfig: targets must be 'partner' or 'f_cls', "
                              f"got {self.targets!r}")
+        if self.prior and self.patience:
+            raise ValueError("DecoderConfig: the stopping rule (patience) scores greedy "
+                             "decoding without the prior; use prior=0 or patience=0")
         if self.n_embd % self.n_head:
             raise ValueError(f"DecoderConfig: n_embd={self.n_embd} must be divisible "
                              f"by n_head={self.n_head}")

@@ -251,14 +251,16 @@ class Decoder(nn.Module):
             nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor, prefix: torch.Tensor,
-                targets: torch.Tensor | None = None, allowed: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                targets: torch.Tensor | None = None, allowed: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, t + 1, L) for the codes that follow each prefix of ``prefix`` (B, t).
 
         With ``targets`` (B, t + 1), also the mean cross-entropy; training passes
         ``prefix = targets[:, :-1]``. With ``allowed`` (B, t + 1, L) bool, the
         cross-entropy of each position is taken over its allowed codes only
-        (:func:`masked_cross_entropy`), as beam search scores them.
+        (:func:`masked_cross_entropy`), as beam search scores them. ``bias``
+        (B, t + 1, L), if given, is added to the logits (beam search adds the same
+        through its ``bias``: ``DecoderConfig.prior``).
         """
         memory = self.memory(x)
         memory_kv = [block.cross.memory_kv(memory) for block in self.blocks]
@@ -266,6 +268,8 @@ class Decoder(nn.Module):
         for block, kv in zip(self.blocks, memory_kv):
             h, _ = block(h, kv)
         logits = self._logits(self.ln_f(h), first_level=0)
+        if bias is not None:
+            logits = logits + bias
         loss = None
         smoothing = self.config.label_smoothing
         if targets is not None and allowed is not None:

@@ -10,9 +10,16 @@ the decoder's order and the tokenizer's embedding in one beam. A prefix the
 decoder ranks low but whose codewords lie near the query survives the beam.
 The decoder itself knows nothing of it: the scores come in through
 :func:`genindex.beam.beam_search`'s ``prior``, as the trie's constraints do.
+
+The same scores can also sit inside the decoder's softmax, trained with it
+(``DecoderConfig.prior``): :class:`CodewordScores` gives them for a batch of
+training inputs (the decoder's ``forward(bias=)``) and beam search adds them to
+each code's logit (its ``bias``), so the decoder learns what the embedding misses.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -22,13 +29,33 @@ from .tokenizer import SemanticTokenizer
 from .trie import Trie
 
 
+class CodewordScores(NamedTuple):
+    """The cosine shares of every codeword for a set of queries, computed by rows."""
+
+    queries: torch.Tensor  # (Q, D) the queries' normalised f_cls
+    codebooks: torch.Tensor  # (M, L, D) float32
+    weight: float
+
+    @classmethod
+    @torch.no_grad()
+    def of(cls, tokenizer: SemanticTokenizer, vectors: torch.Tensor,
+           weight: float) -> CodewordScores:
+        """For the queries' global features ``vectors`` (Q, d)."""
+        queries = torch.cat([F.normalize(tokenizer.f_cls(chunk).float(), dim=-1)
+                             for chunk in vectors.split(1 << 14)])
+        return cls(queries, tokenizer.quantizer.codebooks.detach().float(), weight)
+
+    def rows(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, M, L): ``weight`` times the scores of the queries ``rows`` (all: None)."""
+        queries = self.queries if rows is None else self.queries[rows]
+        return self.weight * torch.einsum("qd,mld->qml", queries, self.codebooks)
+
+
 def codeword_scores(tokenizer: SemanticTokenizer, vectors: torch.Tensor,
                     weight: float) -> torch.Tensor:
     """(Q, M, L) float32: ``weight`` times the cosine share of every codeword, for the
     queries' global feature ``vectors`` (Q, d): their normalised f_cls dotted with it."""
-    queries = F.normalize(tokenizer.f_cls(vectors).float(), dim=-1)
-    codebooks = tokenizer.quantizer.codebooks.float()  # (M, L, D)
-    return weight * torch.einsum("qd,mld->qml", queries, codebooks)
+    return CodewordScores.of(tokenizer, vectors, weight).rows()
 
 
 def step_bias(trie: Trie, depth: int, child: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:

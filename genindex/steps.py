@@ -66,12 +66,17 @@ def choose(trie: Trie, depth: int, nodes: torch.Tensor) -> bool:
 
 def dense_step(decoder: Decoder, h: torch.Tensor, trie: Trie, depth: int, beam: Beam,
                beam_size: int, prior: torch.Tensor | None, dtype: Any = None,
-               timings: dict[str, float] | None = None) -> Step:
+               timings: dict[str, float] | None = None,
+               bias: torch.Tensor | None = None) -> Step:
     """The step with logits over all L codes; ``h`` (Q, width, E) from ``advance``;
-    ``dtype``: the head's precision; ``timings``: seconds of "head", "mask", "select"."""
+    ``dtype``: the head's precision; ``timings``: seconds of "head", "mask", "select";
+    ``prior`` (Q, M, L): added to the log-probabilities (fusion), ``bias`` (Q, M, L):
+    to the logits (``DecoderConfig.prior``)."""
     device = h.device
     with timed(timings, "head", device), precision_context(device, dtype):
         logits = decoder.level_logits(h, depth).float()  # (Q, width, L)
+        if bias is not None:
+            logits += bias[:, depth, None, :]
     with timed(timings, "mask", device):
         child = trie.children(depth, beam.nodes)  # (Q, width, L), -1: not allowed
         logits.masked_fill_(child < 0, float("-inf"))
@@ -90,7 +95,8 @@ def dense_step(decoder: Decoder, h: torch.Tensor, trie: Trie, depth: int, beam: 
 
 def ragged_step(decoder: Decoder, h: torch.Tensor, trie: Trie, depth: int, beam: Beam,
                 beam_size: int, prior: torch.Tensor | None, dtype: Any = None,
-                timings: dict[str, float] | None = None) -> Step:
+                timings: dict[str, float] | None = None,
+                bias: torch.Tensor | None = None) -> Step:
     """:func:`dense_step`'s beams, from the logits of the allowed codes alone."""
     queries, width, _ = h.shape
     device = h.device
@@ -98,6 +104,8 @@ def ragged_step(decoder: Decoder, h: torch.Tensor, trie: Trie, depth: int, beam:
         row, code, child = trie.child_list(depth, beam.nodes.reshape(-1))  # row: a beam
     with timed(timings, "head", device), precision_context(device, dtype):
         logits = decoder.code_logits(h.reshape(queries * width, -1), row, depth, code).float()
+        if bias is not None:
+            logits += bias[row // width, depth, code]
     with timed(timings, "select", device):
         return _ragged_pick(trie, depth, beam, beam_size, prior, row, code, child, logits,
                             (queries, width))

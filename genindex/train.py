@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import distributed
+from . import distributed, fusion
 from .backbones import Backbone
 from .config import IndexConfig, TokenizerConfig
 from .decoder import Decoder, TokenMemory
@@ -282,13 +282,16 @@ def _complement(n: int, held: torch.Tensor | None, device: torch.device) -> torc
 
 
 class Teacher(NamedTuple):
-    """The first code's odds an input's f_cls gives (``DecoderConfig.distill``):
-    softmax over the first-level codewords of cosine(f_cls, codeword) / temperature."""
+    """What the tokenizer's f_cls teaches the decoder: the first code's odds
+    (``DecoderConfig.distill``: softmax over the first-level codewords of
+    cosine(f_cls, codeword) / temperature) and the prior added to its logits
+    (``DecoderConfig.prior``)."""
 
     f_cls: torch.Tensor  # (n, D) L2-normalised f_cls of every input row
     codewords: torch.Tensor  # (L, D) L2-normalised first-level codewords
     temperature: float
-    weight: float  # of this cross-entropy beside the partner's
+    weight: float  # of the first code's cross-entropy beside the partner's; 0: none
+    prior: fusion.CodewordScores | None = None  # of every input row
 
     def loss(self, rows: torch.Tensor, logits: torch.Tensor,
              allowed: torch.Tensor | None) -> torch.Tensor:
@@ -307,13 +310,14 @@ class Teacher(NamedTuple):
 def f_cls_teacher(tokenizer: SemanticTokenizer, vectors: torch.Tensor,
                   config: IndexConfig) -> Teacher | None:
     """The decoder's teacher for inputs of global features ``vectors``, or None when
-    ``config.decoder.distill`` is 0."""
+    ``config.decoder.distill`` and ``config.decoder.prior`` are 0."""
     dc = config.decoder
-    if not dc.distill:
+    if not (dc.distill or dc.prior):
         return None
-    f = F.normalize(tokenizer.f_cls(vectors).float(), dim=-1)
-    codewords = F.normalize(tokenizer.quantizer.codebooks[0].float(), dim=-1)
-    return Teacher(f, codewords.to(f.device), dc.temperature, dc.distill)
+    scores = fusion.CodewordScores.of(tokenizer, vectors, dc.prior)
+    codewords = F.normalize(scores.codebooks[0], dim=-1).to(scores.queries.device)
+    return Teacher(scores.queries, codewords, dc.temperature, dc.distill,
+                   scores if dc.prior else None)
 
 
 def decoder_loss(x: torch.Tensor, codes: torch.Tensor, trie: Trie | None,
@@ -323,14 +327,17 @@ def decoder_loss(x: torch.Tensor, codes: torch.Tensor, trie: Trie | None,
 
     With a ``trie`` (``DecoderConfig.constrained_loss``) each code's softmax is over
     the codes the trie allows after its prefix, as beam search scores it. With a
-    ``teacher``, plus its weight times the first code's cross-entropy toward it.
+    ``teacher``, its prior is added to the logits and its weight times the first
+    code's cross-entropy toward it to the loss.
     """
     def loss(model: nn.Module, pairs: torch.Tensor) -> torch.Tensor:
         pairs = pairs.to(x.device)
         target = codes[pairs[:, 1]]
         allowed = None if trie is None else trie.allowed(target)
-        logits, partner_loss = model(x[pairs[:, 0]], target[:, :-1], target, allowed)
-        if teacher is None:
+        prior = None if teacher is None or teacher.prior is None else teacher.prior.rows(
+            pairs[:, 0])
+        logits, partner_loss = model(x[pairs[:, 0]], target[:, :-1], target, allowed, prior)
+        if teacher is None or not teacher.weight:
             return partner_loss
         first = None if allowed is None else allowed[:, 0]
         return partner_loss + teacher.weight * teacher.loss(pairs[:, 0], logits[:, 0], first)

@@ -16,13 +16,16 @@ from genindex.trie import Trie
 CONFIG = DecoderConfig(n_layer=1, n_head=2, n_embd=16, n_memory=2, dropout=0.0)
 
 
-def exhaustive(decoder: Decoder, x: torch.Tensor, codes: np.ndarray) -> torch.Tensor:
+def exhaustive(decoder: Decoder, x: torch.Tensor, codes: np.ndarray,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
     """log p(id | x) for every distinct identifier, the softmax at each step taken
-    over the codes that some identifier with that prefix continues with."""
+    over the codes that some identifier with that prefix continues with; ``bias``
+    (Q, M, L), if given, is added to each query's logits by the decoder's forward."""
     ids = np.unique(codes, axis=0)
     levels = ids.shape[1]
     logits, _ = decoder(x.repeat_interleave(len(ids), 0),
-                        torch.as_tensor(ids[:, :-1]).repeat(len(x), 1))
+                        torch.as_tensor(ids[:, :-1]).repeat(len(x), 1),
+                        bias=None if bias is None else bias.repeat_interleave(len(ids), 0))
     logits = logits.reshape(len(x), len(ids), levels, -1)
     scores = torch.zeros(len(x), len(ids))
     for t in range(levels):
