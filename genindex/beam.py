@@ -128,10 +128,10 @@ def _search_batch(snapshot: Snapshot, trie: Trie, batch: torch.Tensor, beam_size
     if snapshot.vectors is not None or fusion or trained:
         with timed(timings, "encoder", batch.device):
             vectors = snapshot.tokenizer.feature_vectors(batch)
-            if fusion:
-                prior = fusion_scores.codeword_scores(snapshot.tokenizer, vectors, fusion)
-            if trained:
-                bias = fusion_scores.codeword_scores(snapshot.tokenizer, vectors, trained)
+            if fusion or trained:  # one f_cls pass and one product for both
+                cosines = fusion_scores.codeword_scores(snapshot.tokenizer, vectors, 1.0)
+                prior = fusion * cosines if fusion else None
+                bias = trained * cosines if trained else None
     beams = beam_search(snapshot.decoder, batch, trie, beam_size, prior=prior, bias=bias,
                         dtype=dtype, timings=timings)
     if snapshot.vectors is not None:  # a leaf's items in the metric's order (else by L2)
