@@ -184,9 +184,9 @@ def readers(book: Book, indexes: dict, deadline: float, tmp_path) -> list:
             book.call(f"describe {name}", index.describe)
 
     def save():
-        for round_ in until(deadline, at_least=2):
+        for _ in until(deadline, at_least=2):
             for name, index in indexes.items():
-                path = tmp_path / f"{name}{round_ or 0}.gidx"
+                path = tmp_path / f"{name}.gidx"  # rewritten each round (overwrite=True)
                 book.call(f"save {name}", lambda i=index, p=path: i.save(p, overwrite=True))
                 if path.exists():
                     loaded = book.call(f"load {name}", lambda p=path: GenerativeIndex.load(p))
