@@ -149,7 +149,7 @@ class DecoderConfig:
     # A trained prior: plus this weight times the cosine of the input's f_cls with each
     # code's codeword (genindex.fusion.codeword_scores) inside every code's logit, in
     # training and in search, so the decoder learns what the tokenizer's embedding
-    # misses; 0: off. Not yet measured on a validation split (docs/api.md).
+    # misses; 0: off. Dropped on emoji and Fashion-MNIST val (docs/api.md).
     prior: float = 0.0
     # Stopping rule: end training once the share of held-out items (IndexConfig.holdout)
     # whose greedily decoded identifier is a partner's has not improved for this many
